@@ -1,0 +1,179 @@
+"""SlerpFace speed: vectorized protect / match / 1:N search against a per-template numpy loop.
+
+The reference is written like the TFace SlerpFace scripts: a Python loop over templates and,
+inside, over the 49 groups, with numpy on 16-dim vectors (normalize, arccos, the textbook slerp
+formula, ``np.random.choice`` dropout, re-normalize). Both sides run in this process on the same
+data; rows report templates (or comparisons) per second and the ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from facelab.benchmarks.timing import measure
+
+GROUPS, GROUP_SIZE = 49, 16
+ALPHA, DROP_RATE, GAP_BASE = 0.9, 0.5, 8
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n, GROUPS, GROUP_SIZE, generator=g)
+    w = torch.softmax(torch.randn(n, GROUPS, generator=g), dim=-1)
+    k = torch.randn(n, GROUPS, GROUP_SIZE, generator=g)
+    return t, w, k / k.norm(dim=-1, keepdim=True)
+
+
+def _ref_slerp(t: np.ndarray, k: np.ndarray, a: float) -> np.ndarray:
+    t = t / np.linalg.norm(t)
+    k = k / np.linalg.norm(k)
+    th = np.arccos(np.clip(np.dot(t, k), -1.0, 1.0))
+    return np.sin((1 - a) * th) / np.sin(th) * t + np.sin(a * th) / np.sin(th) * k
+
+
+def reference_protect(t: np.ndarray, w: np.ndarray, k: np.ndarray, rng) -> np.ndarray:
+    """Per template, per group, as the reference enrollment (with-replacement dropout)."""
+    out = np.empty_like(t)
+    gap = int(GAP_BASE * DROP_RATE)
+    for b in range(t.shape[0]):
+        med = np.median(w[b])
+        for i in range(t.shape[1]):
+            p = _ref_slerp(t[b, i], k[b, i], ALPHA - w[b, i])
+            count = GROUP_SIZE * DROP_RATE + (gap if w[b, i] < med else -gap)
+            p[rng.choice(GROUP_SIZE, int(count), replace=True)] = 0
+            out[b, i] = p / np.linalg.norm(p) * w[b, i]
+    return out
+
+
+def reference_match(g: np.ndarray, q: np.ndarray, w: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Per pair, per group, as the reference matcher."""
+    scores = np.empty(g.shape[0])
+    for b in range(g.shape[0]):
+        s = 0.0
+        for i in range(g.shape[1]):
+            r = _ref_slerp(q[b, i], k[b, i], ALPHA - w[b, i])
+            r[g[b, i] == 0] = 0
+            s += float(np.dot(r / np.linalg.norm(r), g[b, i]))
+        scores[b] = s
+    return scores
+
+
+def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
+    return {
+        "benchmark": bench,
+        "ours": ours,
+        "reference": ref,
+        "ours/s": ours_s,
+        "reference/s": ref_s,
+        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
+        "note": note,
+    }
+
+
+def _gallery(n: int, chunk: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` protected templates and their keys, stored in float16 (built chunk by chunk)."""
+    from facelab.slerpface import generate_keys, protect
+
+    gallery = torch.empty(n, GROUPS, GROUP_SIZE, dtype=torch.float16)
+    keys = torch.empty(n, GROUPS, GROUP_SIZE, dtype=torch.float16)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        t = torch.randn(m, GROUPS, GROUP_SIZE, generator=gen)
+        w = torch.softmax(torch.randn(m, GROUPS, generator=gen), dim=-1)
+        k = generate_keys(m, GROUPS, GROUP_SIZE, seed=seed + 1 + i)
+        gallery[i : i + m] = protect(t, w, k, generator=gen).half()
+        keys[i : i + m] = k.half()
+    return gallery, keys
+
+
+def run_slerpface_speed(small: bool) -> list[dict[str, Any]]:
+    """Rows: protect, match and 1:N search throughput vs the per-template numpy loop.
+
+    Both sides run on one thread: the numpy loop on 16-dim vectors cannot use more, and on a
+    busy machine torch's intra-op threads spin against other processes (an elementwise op can
+    get 30x slower with 2 threads on 2 shared cores), which would measure the machine's load
+    rather than the code.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(small)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(small: bool) -> list[dict[str, Any]]:
+    from facelab.slerpface import match, protect, search
+
+    n_ours = 1024 if small else 8192
+    n_ref = 32 if small else 256
+    repeat = 2 if small else 5
+    t, w, k = _data(n_ours, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+
+    # protect
+    t_ours = measure(lambda: protect(t, w, k, generator=gen), repeat)
+    tn, wn, kn = t[:n_ref].double().numpy(), w[:n_ref].double().numpy(), k[:n_ref].double().numpy()
+    rng = np.random.default_rng(0)
+    t_ref = measure(lambda: reference_protect(tn, wn, kn, rng), max(1, repeat // 2))
+    rows.append(
+        _row(
+            f"slerpface protect, (B, 49, 16), B={n_ours}",
+            "protect (vectorized)",
+            f"per-template numpy loop (B={n_ref})",
+            n_ours / t_ours,
+            n_ref / t_ref,
+            "templates/s, 1 thread each; goal speedup >= 100",
+        )
+    )
+
+    # 1:1 match
+    p = protect(t, w, k, generator=gen)
+    q = t + 0.5 * torch.randn(t.shape, generator=gen)
+    t_ours = measure(lambda: match(p, q, w, k), repeat)
+    pn, qn = p[:n_ref].double().numpy(), q[:n_ref].double().numpy()
+    t_ref = measure(lambda: reference_match(pn, qn, wn, kn), max(1, repeat // 2))
+    ours_scores = match(p[:n_ref], q[:n_ref], w[:n_ref], k[:n_ref]).scores.double().numpy()
+    err = float(np.abs(ours_scores - reference_match(pn, qn, wn, kn)).max())
+    rows.append(
+        _row(
+            f"slerpface match 1:1, B={n_ours}",
+            "match (vectorized)",
+            f"per-pair numpy loop (B={n_ref})",
+            n_ours / t_ours,
+            n_ref / t_ref,
+            f"pairs/s, 1 thread each; max |score diff| vs reference {err:.1e}; goal >= 100",
+        )
+    )
+
+    # 1:N search
+    n_gallery = 20_000 if small else 1_000_000
+    n_probe = 8
+    gallery, gkeys = _gallery(n_gallery, 8192 if small else 65_536, seed=2)
+    probes, pw, _ = _data(n_probe, seed=3)
+    t_search = measure(
+        lambda: search(gallery, gkeys, probes, pw, top_k=10, check_gallery=False),
+        1 if not small else repeat,
+    )
+    ref_pairs_per_s = n_ref / t_ref
+    rows.append(
+        _row(
+            f"slerpface 1:N search, N={n_gallery:,} (float16 storage), {n_probe} probes",
+            "search (chunked bmm expansion)",
+            "per-pair numpy loop",
+            n_probe * n_gallery / t_search,
+            ref_pairs_per_s,
+            f"comparisons/s, 1 thread; {t_search / n_probe:.3g} s per probe over N; top-10",
+        )
+    )
+    for r in rows:
+        for key in ("ours/s", "reference/s", "speedup"):
+            if not math.isfinite(r[key]):
+                r[key] = float("nan")
+    return rows

@@ -1,0 +1,273 @@
+"""SlerpFace matching: 1:1 (row-aligned pairs), the full score matrix, and 1:N search.
+
+A probe is matched against a protected gallery template by rotating the probe's groups toward
+that template's key with ``alpha_i = alpha - w_i(probe)``, zeroing the coordinates the gallery
+template dropped (its zeros), re-normalizing each group and summing the group dot products with
+the gallery groups (which carry the gallery weights ``w_i``, summing to 1). So the score lies in
+[-1, 1]; the distance is ``arccos(score) / pi`` in [0, 1].
+
+1:N search needs a different rotation of the probe for every gallery template (each has its own
+key). Instead of materializing ``P x N`` rotated probes, the score is expanded in per-group dot
+products that are all batched matrix products over the groups. With unit probe group ``q``, unit
+key group ``k``, keep-mask ``M`` and gallery group ``g`` (zero outside M): the rotated probe is
+``r = A q + B k`` with ``c = q.k``, ``th = arccos c``, ``B = sin(a th) / sin th`` and
+``A = cos(a th) - B c``; hence
+
+    g.r       = A (g.q) + B (g.k)
+    |M r|^2   = A^2 (M.q^2) + 2 A B ((M k).q) + B^2 (M.k^2)
+
+where ``g.q``, ``k.q``, ``(M k).q`` and ``M.q^2`` are ``(m, N, d) @ (m, d, P)`` products and the
+rest depends on the gallery alone. Galleries may be stored in float16/bfloat16 (half the memory);
+each chunk is computed in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from facelab.core.errors import (
+    FormatError,
+    RangeError,
+    ShapeError,
+    ZeroVectorError,
+    expect_finite,
+    expect_tensor,
+)
+from facelab.slerpface._checks import (
+    as_groups,
+    check_alpha,
+    check_nonzero_groups,
+    check_same_shape,
+    check_weights,
+    compute_dtype,
+)
+from facelab.slerpface.protect import (
+    BLOCK,
+    DEFAULT_ALPHA,
+    DEFAULT_GROUP_SIZE,
+    slerp_block,
+)
+
+# the group norms of a protected template are its weights, which sum to 1; a raw template or
+# a template of another method fails this (tolerance covers float16 storage)
+_GALLERY_NORM_TOL = 2e-2
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """``scores`` in [-1, 1] (higher = more similar) and ``distances = arccos(score) / pi``."""
+
+    scores: torch.Tensor
+    distances: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k gallery entries per probe: ``scores`` and gallery ``indices``, both ``(P, k)``."""
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+
+    @property
+    def distances(self) -> torch.Tensor:
+        return score_to_distance(self.scores)
+
+
+def score_to_distance(scores: torch.Tensor) -> torch.Tensor:
+    """``arccos(score) / pi``; scores beyond [-1, 1] by float round-off are clipped first."""
+    return torch.arccos(scores.clamp(-1.0, 1.0)) / torch.pi
+
+
+def _check_gallery(gallery: object, group_size: int, name: str = "gallery") -> torch.Tensor:
+    g = as_groups(gallery, group_size, name, finite=False)
+    wide = torch.float64 if g.dtype == torch.float64 else torch.float32
+    mass = torch.linalg.vector_norm(g, dim=-1, dtype=wide).sum(-1)
+    if not bool(torch.isfinite(mass).all()):  # NaN/Inf anywhere makes its template's mass so
+        expect_finite(g, name)
+    off = (mass - 1).abs()
+    if bool((off > _GALLERY_NORM_TOL).any()):
+        i = int(off.argmax())
+        raise FormatError(
+            f"{name}: expected SlerpFace-protected templates (group norms = attention weights, "
+            f"summing to 1), template {i} has group norms summing to {float(mass[i]):.4g}; "
+            "is this a raw template?"
+        )
+    return g
+
+
+def match(
+    gallery: torch.Tensor,
+    probe_templates: torch.Tensor,
+    probe_weights: torch.Tensor,
+    keys: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> MatchResult:
+    """Scores of row-aligned pairs: protected ``gallery[i]`` (with ``keys[i]``) vs raw probe i.
+
+    ``gallery``, ``probe_templates``, ``keys``: ``(B, m, d)``; ``probe_weights``: ``(B, m)``.
+    Returns ``MatchResult`` with ``(B,)`` scores and distances.
+    """
+    check_alpha(alpha)
+    g = _check_gallery(gallery, group_size)
+    q = as_groups(probe_templates, group_size, "probe_templates", finite=False)
+    k = as_groups(keys, group_size, "keys", finite=False)
+    check_same_shape(g, q, "gallery", "probe_templates")
+    check_same_shape(g, k, "gallery", "keys")
+    w = check_weights(probe_weights, q.shape[0], q.shape[1], "probe_weights")
+    dt = compute_dtype(q)
+    w = w.to(device=q.device, dtype=dt)
+    scores = torch.empty(q.shape[0], dtype=dt, device=q.device)
+    for i in range(0, q.shape[0], BLOCK):
+        sl = slice(i, i + BLOCK)
+        gb = g[sl].to(device=q.device, dtype=dt)
+        r = slerp_block(q[sl], k[sl], alpha - w[sl], dt, q, k, ("probe_templates", "keys"))
+        r = r.mul_(gb != 0)
+        n = torch.linalg.vector_norm(r, dim=-1)
+        # a group the gallery dropped entirely (zero weight) contributes 0
+        dots = torch.bmm(gb.reshape(-1, 1, gb.shape[-1]), r.reshape(-1, r.shape[-1], 1))
+        scores[sl] = (dots.view(n.shape) / n.clamp_min(torch.finfo(dt).tiny)).sum(-1)
+    return MatchResult(scores, score_to_distance(scores))
+
+
+def _probe_side(
+    probe_templates: torch.Tensor, probe_weights: torch.Tensor, alpha: float, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q = as_groups(probe_templates, group_size, "probe_templates")
+    w = check_weights(probe_weights, q.shape[0], q.shape[1], "probe_weights")
+    dt = compute_dtype(q)
+    q = q.to(dt)
+    check_nonzero_groups(q, "probe_templates")
+    q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+    qt = q.permute(1, 2, 0).contiguous()  # (m, d, P)
+    a = (alpha - w.to(device=q.device, dtype=dt)).t().unsqueeze(1)  # (m, 1, P)
+    return qt, (qt * qt), a
+
+
+def _chunk_scores(
+    g: torch.Tensor, k: torch.Tensor, qt: torch.Tensor, qt2: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
+    """Scores ``(P, n)`` of one gallery chunk ``g``, ``k`` ``(n, m, d)`` against all probes."""
+    dt = qt.dtype
+    g = g.to(device=qt.device, dtype=dt)
+    k = k.to(device=qt.device, dtype=dt)
+    kn = k.norm(dim=-1, keepdim=True)
+    if bool((kn <= 1e-12).any()):
+        raise ZeroVectorError("gallery_keys: expected non-zero key groups, got a zero group")
+    k = k / kn
+    mask = (g != 0).to(dt)
+    mk = mask * k
+    gk = (g * k).sum(-1).t().unsqueeze(-1)  # (m, n, 1)
+    mkk = (mk * k).sum(-1).t().unsqueeze(-1)
+    gm = g.transpose(0, 1)  # (m, n, d)
+    km = k.transpose(0, 1)
+    mkm = mk.transpose(0, 1)
+    maskm = mask.transpose(0, 1)
+    gq = torch.bmm(gm, qt)  # (m, n, P)
+    c = torch.bmm(km, qt).clamp(-1.0, 1.0)
+    mkq = torch.bmm(mkm, qt)
+    mqq = torch.bmm(maskm, qt2)
+    theta = torch.arccos(c)
+    s = torch.sin(theta)
+    small = s < 1e-6
+    # sin(a th) / sin th -> a as th -> 0 (th -> pi is a measure-zero degenerate case: the
+    # great circle through antipodal points is not unique)
+    b = torch.where(small, a.expand_as(s), torch.sin(a * theta) / torch.where(small, 1.0, s))
+    aa = torch.cos(a * theta) - b * c
+    num = aa * gq + b * gk
+    den2 = aa * aa * mqq + 2 * aa * b * mkq + b * b * mkk
+    den = den2.clamp_min(0).sqrt()
+    contrib = torch.where(den > 0, num / den.clamp_min(torch.finfo(dt).tiny), 0.0)
+    return contrib.sum(0).t()  # (P, n)
+
+
+def _chunk_rows(n_probes: int, groups: int, budget: int = 1 << 22) -> int:
+    """Gallery rows per chunk so that an (m, rows, P) temporary stays near ``budget`` floats."""
+    return max(256, budget // max(1, groups * n_probes))
+
+
+def _check_search_inputs(
+    gallery: torch.Tensor, gallery_keys: torch.Tensor, group_size: int, check_gallery: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = (
+        _check_gallery(gallery, group_size)
+        if check_gallery
+        else as_groups(gallery, group_size, "gallery")
+    )
+    k = expect_tensor(gallery_keys, "gallery_keys", floating=True)
+    if k.dim() == 2:
+        k = k.reshape(k.shape[0], -1, group_size)
+    check_same_shape(g, k, "gallery", "gallery_keys")
+    return g, k
+
+
+def score_matrix(
+    gallery: torch.Tensor,
+    gallery_keys: torch.Tensor,
+    probe_templates: torch.Tensor,
+    probe_weights: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    *,
+    chunk_size: int | None = None,
+    check_gallery: bool = True,
+) -> torch.Tensor:
+    """All scores ``(P, N)``: every raw probe against every protected gallery template.
+
+    ``check_gallery=False`` skips the full pass that checks every gallery template's group norms
+    (useful for a large, already validated gallery).
+    """
+    check_alpha(alpha)
+    g, k = _check_search_inputs(gallery, gallery_keys, group_size, check_gallery)
+    qt, qt2, a = _probe_side(probe_templates, probe_weights, alpha, group_size)
+    if qt.shape[0] != g.shape[1]:
+        raise ShapeError(
+            f"probe_templates have {qt.shape[0]} groups, the gallery {g.shape[1]}: they must agree"
+        )
+    rows = chunk_size or _chunk_rows(qt.shape[-1], g.shape[1])
+    out = [
+        _chunk_scores(g[i : i + rows], k[i : i + rows], qt, qt2, a)
+        for i in range(0, g.shape[0], rows)
+    ]
+    return torch.cat(out, dim=1)
+
+
+def search(
+    gallery: torch.Tensor,
+    gallery_keys: torch.Tensor,
+    probe_templates: torch.Tensor,
+    probe_weights: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    *,
+    top_k: int = 5,
+    chunk_size: int | None = None,
+    check_gallery: bool = True,
+) -> SearchResult:
+    """1:N search: the ``top_k`` best gallery entries for each probe, streamed over chunks.
+
+    Memory stays bounded by one chunk whatever N is; scores equal ``score_matrix``'s.
+    """
+    check_alpha(alpha)
+    g, k = _check_search_inputs(gallery, gallery_keys, group_size, check_gallery)
+    if not isinstance(top_k, int) or not (1 <= top_k <= g.shape[0]):
+        raise RangeError(f"top_k: expected an integer in [1, {g.shape[0]}], got {top_k!r}")
+    qt, qt2, a = _probe_side(probe_templates, probe_weights, alpha, group_size)
+    if qt.shape[0] != g.shape[1]:
+        raise ShapeError(
+            f"probe_templates have {qt.shape[0]} groups, the gallery {g.shape[1]}: they must agree"
+        )
+    rows = chunk_size or _chunk_rows(qt.shape[-1], g.shape[1])
+    best_s = best_i = None
+    for i in range(0, g.shape[0], rows):
+        s = _chunk_scores(g[i : i + rows], k[i : i + rows], qt, qt2, a)
+        idx = torch.arange(i, i + s.shape[1], device=s.device).expand_as(s)
+        if best_s is not None:
+            s = torch.cat([best_s, s], dim=1)
+            idx = torch.cat([best_i, idx], dim=1)
+        kk = min(top_k, s.shape[1])
+        best_s, pos = s.topk(kk, dim=1)
+        best_i = idx.gather(1, pos)
+    return SearchResult(best_s, best_i)
