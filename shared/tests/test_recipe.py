@@ -161,3 +161,26 @@ def test_embed_folder(tmp_path):
     with torch.no_grad():
         e = model(img) + model(torch.flip(img, dims=[3]))
     assert torch.allclose(data["embeddings"][0], (e / e.norm()).squeeze(0), atol=1e-4)
+
+
+def test_initial_weights_depend_on_the_seed_only(tmp_path):
+    cfg = tiny_config(tmp_path)
+    torch.manual_seed(123)
+    b1, h1 = recipe.build_arcface_models(cfg, 7)
+    state = torch.get_rng_state()
+    torch.rand(1000)  # consume the global RNG in between
+    b2, h2 = recipe.build_arcface_models(cfg, 7)
+    for a, b in zip(
+        list(b1.state_dict().values()) + list(h1.state_dict().values()),
+        list(b2.state_dict().values()) + list(h2.state_dict().values()),
+    ):
+        assert torch.equal(a, b)
+    cfg.train.seed = 7
+    b3, _ = recipe.build_arcface_models(cfg, 7)
+    assert not torch.equal(b3.conv1.weight, b1.conv1.weight)
+    # the global RNG is not touched by building models
+    torch.set_rng_state(state)
+    expected = torch.rand(3)
+    torch.set_rng_state(state)
+    recipe.build_arcface_models(cfg, 7)
+    assert torch.equal(torch.rand(3), expected)

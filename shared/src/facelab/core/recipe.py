@@ -365,6 +365,17 @@ def build_backbone(cfg: ArcFaceConfig, in_channels: int = 3) -> nn.Module:
     return get_backbone(cfg.backbone, **opts)
 
 
+def build_arcface_models(cfg: ArcFaceConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Backbone and head whose initial weights depend on ``cfg.train.seed`` alone, never on
+    whatever consumed the global RNG earlier in this process (so every process and every rerun
+    starts from the same weights); the global RNG state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        backbone = build_backbone(cfg)
+        head = build_head(cfg.head, cfg.embedding_size, num_classes)
+    return backbone, head
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Atomic JSON write (tmp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,8 +391,7 @@ def train_arcface(cfg: ArcFaceConfig) -> RecipeResult:
 
     t0 = time.perf_counter()
     dataset, num_classes = build_train_dataset(cfg.data)
-    backbone = build_backbone(cfg)
-    head = build_head(cfg.head, cfg.embedding_size, num_classes)
+    backbone, head = build_arcface_models(cfg, num_classes)
 
     def loss_fn(batch, modules, ctx):
         images, labels = batch
