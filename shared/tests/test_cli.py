@@ -22,3 +22,13 @@ def test_version_lists_core(capsys):
 def test_selfcheck_passes(capsys):
     assert cli.main(["selfcheck"]) == 0
     assert "checks passed" in capsys.readouterr().out
+
+
+def test_lazy_exports_resolve():
+    import facelab.core as core
+    import facelab.core.data as data
+
+    for name in core.__all__:
+        assert getattr(core, name) is not None, name
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
