@@ -3,21 +3,140 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from facelab.benchmarks.methods import PPFR_METHODS
 from facelab.benchmarks.registry import SUITES, get_suite
+
+FULL_SUITES = ("ppfr", "templates")
+_FULL_ONLY = (
+    "train_data",
+    "eval_bins",
+    "preset",
+    "max_steps",
+    "batch_size",
+    "image_size",
+    "attack_steps",
+)
+
+EPILOG = """\
+suites:
+  quick      every method on toyfaces, CPU, < 10 minutes (what `make demo` runs)
+  speed      speed ratios against references measured in the same run
+  ppfr       ArcFace baseline + DuetFace/PartialFace/MinusFace on real data (paper recipes)
+  templates  SlerpFace / BioHashing / IronMask on real data (paper recipes)
+
+examples:
+  facelab bench quick
+  facelab bench speed --small
+  facelab bench ppfr --train-data /data/faces_emore --eval-bins lfw.bin cfp_fp.bin agedb_30.bin
+  facelab bench templates --train-data /data/casia_folders --eval-bins lfw.bin --preset paper
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="facelab bench",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("suite", choices=sorted(SUITES))
+    p.add_argument("--out", default=None, help="output folder (default results/<suite>)")
+    p.add_argument("--small", action="store_true", help="reduced sizes (for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        metavar="METHOD",
+        help=f"method packages to run (quick/ppfr; default: {' '.join(PPFR_METHODS)}; "
+        "give the flag with no names to run none)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core); on a machine shared with "
+        "other jobs 1 avoids threads spinning against them. Results are reproducible for a "
+        "fixed seed and thread count",
+    )
+    full = p.add_argument_group("ppfr / templates (real data)")
+    full.add_argument(
+        "--train-data",
+        default=None,
+        help="training data: a folder of aligned identity folders, or a folder holding "
+        "insightface's train.rec/train.idx",
+    )
+    full.add_argument(
+        "--eval-bins", nargs="+", default=None, metavar="BIN", help="insightface .bin sets"
+    )
+    full.add_argument(
+        "--preset", default="paper", help="recipe preset of every method (paper, toy, ...)"
+    )
+    full.add_argument("--max-steps", type=int, default=None, help="override: training steps")
+    full.add_argument("--batch-size", type=int, default=None, help="override: batch size")
+    full.add_argument(
+        "--image-size", type=int, default=None, help="override: image side (must match the data)"
+    )
+    full.add_argument(
+        "--attack-steps", type=int, default=None, help="override: inversion attack steps"
+    )
+    return p
 
 
 def main(argv: Sequence[str] = ()) -> int:
     """Run a benchmark suite and write results/<suite>/report.md."""
-    parser = argparse.ArgumentParser(prog="facelab bench", description=__doc__)
-    parser.add_argument("suite", choices=sorted(SUITES))
-    parser.add_argument("--out", default=None, help="output folder (default results/<suite>)")
-    parser.add_argument("--small", action="store_true", help="reduced sizes (for tests)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = build_parser()
     args = parser.parse_args(list(argv))
-    result = get_suite(args.suite)(small=args.small, seed=args.seed)
-    path = result.write(args.out or f"results/{args.suite}")
+    kwargs: dict = {
+        "small": args.small,
+        "seed": args.seed,
+        "out": Path(args.out or f"results/{args.suite}"),
+        "progress": not args.no_progress,
+    }
+    if args.methods is not None:
+        if args.suite not in ("quick", "ppfr"):
+            parser.error(f"--methods applies to the quick and ppfr suites, not {args.suite}")
+        kwargs["methods"] = tuple(args.methods)
+    if args.suite in FULL_SUITES:
+        if not args.train_data:
+            parser.error(
+                f"the {args.suite} suite needs real data: --train-data PATH (aligned identity "
+                "folders or a folder with train.rec/train.idx) and --eval-bins a.bin [b.bin ...]; "
+                "for toyfaces run `facelab bench quick`"
+            )
+        if not args.eval_bins:
+            parser.error(f"the {args.suite} suite needs --eval-bins a.bin [b.bin ...]")
+        for name in _FULL_ONLY:
+            kwargs[name] = getattr(args, name)
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in _FULL_ONLY if _given(args, n, parser)]
+        if given:
+            parser.error(f"{', '.join(given)} apply to the ppfr and templates suites only")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads: expected a positive integer, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from facelab.core.errors import FacelabError
+
+    try:
+        result = get_suite(args.suite)(**kwargs)
+    except FacelabError as err:
+        print(f"facelab bench {args.suite}: error: {err}", file=sys.stderr)
+        return 1
+    path = result.write(kwargs["out"])
     print(result.table())
+    if result.failed:
+        print(f"\nFAILED: {', '.join(result.failed)} (see the rows marked failed)", file=sys.stderr)
     print(f"\nreport written to {path}")
-    return 0
+    return 1 if result.failed else 0
+
+
+def _given(args: argparse.Namespace, name: str, parser: argparse.ArgumentParser) -> bool:
+    return getattr(args, name) != parser.get_default(name)

@@ -1,4 +1,5 @@
-"""Suite registry: a suite is a function ``(cfg: BenchConfig) -> SuiteResult``."""
+"""Suite registry: a suite is a function ``run(*, small, seed, out, progress, **options)``
+returning a ``SuiteResult`` (it writes its plots under ``out``; the caller writes the report)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from facelab.core.errors import UnknownNameError
 
 #: suite name -> "module:function" (imported on use so one suite's deps never slow another)
 SUITES: dict[str, str] = {
+    "quick": "facelab.benchmarks.quick:run",
     "speed": "facelab.benchmarks.speed:run",
+    "ppfr": "facelab.benchmarks.full:run_ppfr",
+    "templates": "facelab.benchmarks.full:run_templates",
 }
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,15 +125,188 @@ def codec_reference(n: int = 64) -> list[dict[str, Any]]:
     ]
 
 
-def run(small: bool = False, seed: int = 0) -> SuiteResult:
+# --------------------------------------------------------------------------------------------
+# iresnet50 training step against a bare matmul of the same FLOPs
+
+
+def _step_flops(
+    model: torch.nn.Module, head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> int:
+    """FLOPs of one forward + backward (torch's FlopCounterMode: matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = head(model(x), y)
+        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+    model.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def iresnet50_train_step(small: bool) -> list[dict[str, Any]]:
+    """Images/s of an iresnet50 + ArcFace head SGD step at 112x112 (fp32 on CPU, bf16 autocast
+    on CUDA) and the same FLOPs as one bare matmul in the same precision: the ratio is the share
+    of the machine's matmul throughput the training step reaches."""
+    from facelab.core.backbones import get_backbone
+    from facelab.core.heads import MarginHead
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    batch = 32 if (cuda or not small) else 2
+    steps = 10 if cuda else (1 if small else 3)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    g = torch.Generator().manual_seed(0)
+    model = get_backbone("iresnet50", input_size=112).to(device)
+    head = MarginHead(512, 1000, s=64.0, m2=0.5).to(device)
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
+    x = (torch.rand(batch, 3, 112, 112, generator=g) * 2 - 1).to(device)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    flops = _step_flops(model, head, x, y)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=cuda):
+            out = head(model(x), y)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), out.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_step = measure(step, steps, warmup=1, device=device)
+    # a square matmul with the step's FLOPs (2 n^3 = flops), same dtype and device
+    n = max(256, round((flops / 2) ** (1 / 3) / 64) * 64)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    reps = max(1, round(flops / (2 * n**3)))
+    t_mm = measure(lambda: [a @ b for _ in range(reps)], 3, warmup=1, device=device)
+    what = "bf16 autocast, CUDA" if cuda else f"fp32, CPU, {torch.get_num_threads()} threads"
+    return [
+        {
+            "benchmark": f"iresnet50 + ArcFace head training step, 112x112, batch {batch} ({what})",
+            "ours": "get_backbone('iresnet50') + MarginHead, SGD",
+            "reference": f"bare matmul, same FLOPs ({reps} x {n}^3)",
+            "ours/s": batch / t_step,
+            "reference/s": batch / t_mm,
+            "speedup": t_mm / t_step,
+            "note": f"images/s; {flops / batch / 1e9:.1f} GFLOP per image (fwd+bwd); speedup = "
+            "share of the matmul throughput the step reaches",
+        }
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# the suite
+
+
+def _benchmark_functions(small: bool) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(label, module, entry function names to try) of the row producers folded into the suite,
+    in table order. ``<method>_bench.py`` modules are found by file name; their entry is
+    ``run_<method>_bench(small)`` (or ``run_<method>_speed(small)``)."""
+    found: list[tuple[str, str, tuple[str, ...]]] = [
+        ("trainer overhead", "facelab.benchmarks.trainer_overhead", ("run_trainer_overhead",)),
+        ("eval", "facelab.benchmarks.eval_speed", ("run_eval_speed",)),
+        ("slerpface", "facelab.benchmarks.slerpface_speed", ("run_slerpface_speed",)),
+    ]
+    for path in sorted(Path(__file__).parent.glob("*_bench.py")):
+        method = path.stem.removesuffix("_bench")
+        names = (f"run_{method}_bench", f"run_{method}_speed")
+        found.append((method, f"facelab.benchmarks.{path.stem}", names))
+    return found
+
+
+def _resolve(module: str, names: tuple[str, ...]) -> Callable[[bool], list[dict[str, Any]]]:
+    """The first of ``names`` in ``module`` (ImportError / AttributeError when there is none)."""
+    mod = importlib.import_module(module)
+    for name in names:
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    raise AttributeError(f"{module} has none of {', '.join(f'{n}(small)' for n in names)}")
+
+
+def _row_error(label: str, status: str) -> dict[str, Any]:
+    nan = float("nan")
+    return {
+        "benchmark": label,
+        "ours": "-",
+        "reference": "-",
+        "ours/s": nan,
+        "reference/s": nan,
+        "speedup": nan,
+        "note": status,
+    }
+
+
+def _call_rows(label: str, fn: Callable[[], list[dict[str, Any]]]) -> tuple[list[dict], str]:
+    """(rows, status): status "ok", "not built" (a facelab package it needs is missing) or
+    "failed: <error>" (any other exception, or rows without the speed columns)."""
+    try:
+        rows = fn()
+        for r in rows:
+            missing = [c for c in COLUMNS if c not in r]
+            if missing:
+                raise KeyError(f"row lacks columns {missing}")
+        return [{c: r[c] for c in COLUMNS} for r in rows], "ok"
+    except ModuleNotFoundError as err:
+        if (err.name or "").startswith("facelab."):
+            return [_row_error(label, f"not built ({err})")], "not built"
+        text = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        return [_row_error(label, f"failed: {text}")], f"failed: {text}"
+    except Exception as err:
+        text = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        return [_row_error(label, f"failed: {text}")], f"failed: {text}"
+
+
+def run(
+    small: bool = False,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **_: Any,
+) -> SuiteResult:
+    """Every speed row: codec, trainer overhead, eval, SlerpFace, method benchmarks, iresnet50."""
+    from facelab.benchmarks.progress import Progress
+
+    prog = Progress("speed", progress)
     torch.manual_seed(seed)
     n = 32 if small else 256
     repeat = 2 if small else 5
-    rows = codec_compact(n, repeat) + codec_reference(8 if small else 64)
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    producers: list[tuple[str, Callable[[], list[dict[str, Any]]] | str]] = [
+        ("codec", lambda: codec_compact(n, repeat) + codec_reference(8 if small else 64))
+    ]
+    for label, module, names in _benchmark_functions(small):
+        try:
+            fn = _resolve(module, names)
+        except ImportError as e:  # the module or what it benchmarks is not built yet
+            producers.append((label, f"not built ({type(e).__name__}: {e})"))
+            continue
+        except AttributeError as e:
+            producers.append((label, f"not built ({e})"))
+            continue
+        producers.append((label, lambda fn=fn: fn(small)))
+    producers.append(("iresnet50 training step", lambda: iresnet50_train_step(small)))
+    for label, producer in producers:
+        with prog.stage(label) as record:
+            if isinstance(producer, str):
+                rows.append(_row_error(label, producer))
+                record.status = "not built"
+                continue
+            got, status = _call_rows(label, producer)
+            rows += got
+            record.status = status.split(":")[0]
+            if status.startswith("failed"):
+                failed.append(label)
     return SuiteResult(
         suite="speed",
         columns=COLUMNS,
         rows=rows,
         settings={"small": small, "seed": seed, "threads": torch.get_num_threads()},
-        notes=["speedup = reference time / our time, both measured in this run"],
+        notes=[
+            "speedup = reference time / our time, both measured in this run on this machine",
+            "absolute rates depend on the machine and its load (see Machine); compare ratios",
+        ],
+        failed=failed,
+        timings=prog.summary(),
     )

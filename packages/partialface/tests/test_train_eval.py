@@ -1,0 +1,258 @@
+"""The recipe end to end on toyfaces: one tiny PartialFace model and one RGB baseline with the
+same budget, shared by every test of this module."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facelab.core.errors import KeyMismatchError
+from facelab.core.eval import verify
+from facelab.core.hub import from_pretrained
+from facelab.core.recipe import (
+    ArcFaceConfig,
+    DataConfig,
+    HeadConfig,
+    build_eval_sets,
+    evaluate_sets,
+    train_arcface,
+)
+from facelab.core.train import TrainConfig
+from facelab.partialface.cli import main
+from facelab.partialface.model import PartialFaceModel
+from facelab.partialface.plan import SubsetPlan, reference_plan
+from facelab.partialface.protocol import PartialFaceClient, PartialFaceServer
+from facelab.partialface.train import load_trained, partialface_presets, train
+
+SIZE = 32
+STEPS = 150
+
+
+def data_config() -> DataConfig:
+    return DataConfig(
+        image_size=SIZE,
+        toy_identities=60,
+        toy_images_per_identity=6,
+        eval_identities=40,
+        eval_images_per_identity=5,
+        eval_pairs=300,
+        toy_difficulty="easy",
+        repeat=3,
+    )
+
+
+def train_config(out) -> TrainConfig:
+    return TrainConfig(
+        output_dir=str(out),
+        max_steps=STEPS,
+        batch_size=32,
+        lr=0.1,
+        scheduler="cosine",
+        warmup=10,
+        warmup_unit="step",
+        seed=7,
+        log_every=50,
+        progress=False,
+        save_on_exit=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pf-run")
+    cfg = dataclasses.replace(
+        partialface_presets()["toy"],
+        data=data_config(),
+        plan="reference",
+        embedding_size=64,
+        base_width=8,
+        eval_challenges=3,
+        train=train_config(out),
+    )
+    return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory):
+    """The RGB baseline through the same recipe and budget (r = 1, so 3x the epochs)."""
+    out = tmp_path_factory.mktemp("rgb-run")
+    cfg = ArcFaceConfig(
+        data=data_config(),
+        backbone="r18",
+        embedding_size=64,
+        base_width=8,
+        head=HeadConfig(s=32.0),
+        train=train_config(out),
+    )
+    rr = train_arcface(cfg)
+    return rr.verification["toy-heldout"].accuracy
+
+
+def test_cross_subset_matching_works_near_the_rgb_baseline(run, baseline):
+    res = run.verification["toy-heldout"]
+    same, cross = res["same_subset"].accuracy, res["cross_subset"].accuracy
+    print(f"baseline {baseline:.3f} same {same:.3f} cross {cross:.3f}")
+    assert baseline > 0.7  # the budget is enough to learn toyfaces at all
+    assert same > 0.7 and cross > 0.7  # chance is 0.5
+    assert cross > baseline - 0.12 and same > baseline - 0.12
+    assert all(a > 0.6 for a in res["cross_subset"].per_challenge)
+    # the subsets really differ in the cross-subset pairs
+    assert all(g[0] != p[0] for g, p in res["cross_subset"].challenges)
+
+
+def test_protocol_matches_gallery_and_probe_from_different_subsets(run):
+    model, plan = run.model.eval(), run.plan
+    eval_set = build_eval_sets(data_config())[0]
+    server = PartialFaceServer(model, plan)
+    client = PartialFaceClient()
+    gallery_ch, probe_ch = server.challenge(0, 0), server.challenge(4, 2)
+    g = server.embed(client.respond(eval_set.images[0::2], gallery_ch), gallery_ch)
+    p = server.embed(client.respond(eval_set.images[1::2], probe_ch), probe_ch)
+    acc = verify(g, p, eval_set.issame, nfolds=10).accuracy
+    assert acc > 0.7
+
+
+def test_saved_model_and_plan_reload(run):
+    model, plan = load_trained(run.output_dir)
+    assert plan == reference_plan() and model.plan_id == plan.plan_id
+    again = from_pretrained(run.output_dir / "model")
+    assert isinstance(again, PartialFaceModel)
+    x = torch.randn(2, 27, SIZE, SIZE)
+    pos = torch.tensor(plan.positions(3, 1))
+    torch.testing.assert_close(again(x, pos), run.model.eval()(x, pos))
+    assert torch.equal(again.position_std, run.model.position_std)
+    assert not torch.equal(again.position_std, torch.ones(3, 64))  # estimated from data
+    metrics = json.loads((run.output_dir / "metrics.json").read_text())
+    assert metrics["plan_id"] == plan.plan_id
+    assert "cross_subset" in metrics["verification"]["toy-heldout"]
+    with pytest.raises(KeyMismatchError):
+        PartialFaceServer(model, SubsetPlan.generate(seed=0))
+
+
+def test_the_model_embeds_every_subset_into_one_space(run):
+    """Embeddings of one image under two subsets agree far better than two people do."""
+    eval_set = build_eval_sets(data_config())[0]
+    model, plan = run.model.eval(), run.plan
+    from facelab.partialface.evaluate import embed_under
+
+    e = embed_under(model, plan, eval_set.images[:80], [(1, 0), (3, 1)])
+    same_image = (e[0] * e[1]).sum(1).mean()
+    other = (e[0] * e[1].roll(1, 0)).sum(1).mean()
+    assert float(same_image) > float(other) + 0.3
+
+
+def test_rgb_baseline_evaluation_is_the_shared_one(run):
+    # the PartialFace numbers come from the same held-out set and protocol as evaluate_sets
+    sets = build_eval_sets(data_config())
+    from facelab.partialface.model import SubsetView
+
+    view = SubsetView(run.model.eval(), run.plan.positions(0, 0))
+    acc = evaluate_sets(view, sets)["toy-heldout"].accuracy
+    assert acc == pytest.approx(run.verification["toy-heldout"]["same_subset"].per_challenge[0])
+
+
+def test_cli_end_to_end(run, tmp_path, capsys):
+    from facelab.core.data.toyfaces import ToyFaces
+
+    # train (tiny), then embed / eval / attack
+    out = tmp_path / "cli-run"
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "toy",
+            "--train.output-dir",
+            str(out),
+            "--train.max-steps",
+            "3",
+            "--train.batch-size",
+            "16",
+            "--train.no-progress",
+            "--data.toy-identities",
+            "12",
+            "--data.toy-images-per-identity",
+            "2",
+            "--data.eval-identities",
+            "6",
+            "--data.eval-pairs",
+            "20",
+            "--eval-challenges",
+            "2",
+        ]
+    )
+    assert rc == 0
+    assert (out / "model" / "config.json").is_file() and (out / "plan.json").is_file()
+    faces = ToyFaces(3, 2, size=SIZE, seed=9, identity_offset=5000)
+    faces.write_folders(tmp_path / "faces")
+    rc = main(
+        [
+            "embed",
+            "--run",
+            str(run.output_dir),
+            "--images",
+            str(tmp_path / "faces"),
+            "--out",
+            str(tmp_path / "emb.safetensors"),
+            "--payload-out",
+            str(tmp_path / "payload.safetensors"),
+            "--subset",
+            "2",
+        ]
+    )
+    assert rc == 0
+    emb = load_file(str(tmp_path / "emb.safetensors"))
+    assert emb["embeddings"].shape == (6, 64) and emb["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    payload_bytes = (tmp_path / "payload.safetensors").stat().st_size
+    assert 6 * 27 * SIZE * SIZE * 4 <= payload_bytes < 6 * 27 * SIZE * SIZE * 4 + 1024
+    rc = main(
+        [
+            "eval",
+            "--run",
+            str(run.output_dir),
+            "--data.eval-identities",
+            "10",
+            "--data.eval-pairs",
+            "40",
+            "--challenges",
+            "2",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ]
+    )
+    assert rc == 0
+    assert "cross subset" in capsys.readouterr().out
+    rc = main(
+        [
+            "attack",
+            "--out",
+            str(tmp_path / "attack"),
+            "--plan",
+            str(run.output_dir / "plan.json"),
+            "--train-identities",
+            "8",
+            "--test-identities",
+            "3",
+            "--images-per-identity",
+            "4",
+            "--steps",
+            "3",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+        ]
+    )
+    assert rc == 0
+    rows = json.loads((tmp_path / "attack" / "attacks.json").read_text())["rows"]
+    assert [r["attack"] for r in rows] == ["mean image", "subset", "pruned", "duetface", "full"]
+    assert (tmp_path / "attack" / "pruned_spectrum.png").is_file()
+    # bad input: a plan that is not the model's
+    SubsetPlan.generate(seed=3).save(tmp_path / "other" / "plan.json")
+    (tmp_path / "other" / "model").symlink_to(run.output_dir / "model")
+    rc = main(["eval", "--run", str(tmp_path / "other")])
+    assert rc == 1
+    assert "plan" in capsys.readouterr().err
+    assert main(["nope"]) == 2
+    assert main(["--help"]) == 0
