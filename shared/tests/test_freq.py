@@ -13,7 +13,7 @@ from facelab.core.errors import (
     ShapeError,
     UnknownNameError,
 )
-from facelab.core.freq import FrequencyCodec
+from facelab.core.freq import FrequencyCodec, block_dct, rgb_to_ycbcr
 
 
 def textured(n, size=112, seed=0, unit=False):
@@ -119,6 +119,14 @@ def test_compact_mode_equals_block_dct():
     ours = FrequencyCodec("compact").encode(x).double().numpy()
     assert ours.shape == (2, 192, 14, 14)
     np.testing.assert_allclose(ours, reference_pipeline(x, 1), atol=1e-3)
+    # the fused float64 path, both input ranges, a non-square image
+    x = textured(2, 112)[..., :96].double()
+    ours = FrequencyCodec("compact").encode(x).numpy()
+    np.testing.assert_allclose(ours, reference_pipeline(x, 1), atol=1e-3)
+    unfused = block_dct(rgb_to_ycbcr((x + 1) / 2 * 255) - 128).numpy()  # each part checked above
+    np.testing.assert_allclose(ours, unfused, atol=1e-9)
+    unit = FrequencyCodec("compact", input_range=(0.0, 1.0)).encode((x + 1) / 2).numpy()
+    np.testing.assert_allclose(unit, ours, atol=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["reference", "compact"])

@@ -293,6 +293,27 @@ def _reference_matrices(n: int, factor: int) -> tuple[torch.Tensor, torch.Tensor
     return m, torch.linalg.pinv(m)
 
 
+@lru_cache(maxsize=4)
+def _compact_kernel(lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact encode as one strided convolution, in float64: weight ``(192, 3, 8, 8)`` and
+    bias ``(192,)``.
+
+    Range scaling, the YCbCr matrix, the chroma offset, the -128 level shift and the block DCT
+    are all affine, so they fold into ``weight[c' * 64 + k, c, i, j] = s * M[c', c] * D[k, 8i + j]``
+    with ``s = 255 / (hi - lo)``; the constant part only reaches the DC coefficient (an
+    orthonormal 8x8 DCT of a constant ``v`` is ``8 v`` at DC).
+    """
+    m = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64)
+    d = dct_basis(BLOCK, dtype=torch.float64)
+    scale = 255.0 / (hi - lo)
+    weight = torch.kron(m * scale, d).view(NUM_CHANNELS, len(COLORS), BLOCK, BLOCK)
+    offset = torch.tensor([0.0, _CHROMA_OFFSET, _CHROMA_OFFSET], dtype=torch.float64)
+    const = m @ torch.full((3,), -lo * scale, dtype=torch.float64) + offset - 128.0
+    bias = torch.zeros(NUM_CHANNELS, dtype=torch.float64)
+    bias[:: BLOCK * BLOCK] = const * BLOCK
+    return weight, bias
+
+
 CodecMode = Literal["reference", "compact"]
 
 
@@ -365,6 +386,11 @@ class FrequencyCodec:
         if self.check:
             expect_finite(images, "images")
             expect_range(images, *self.input_range, "images")
+        if self.mode == "compact" and images.dtype in (torch.float32, torch.float64):
+            # one fused pass (colour + level shift + block DCT); equals the path below
+            weight, bias = _compact_kernel(*self.input_range)
+            dev, dt = images.device, images.dtype
+            return F.conv2d(images, weight.to(dev, dt), bias.to(dev, dt), stride=BLOCK)
         # [0,1] -> [0,255] -> YCbCr - 128, all at the native resolution (see module docstring)
         ycc = rgb_to_ycbcr(self._to_unit(images) * 255.0) - 128.0
         if self.mode == "compact":
