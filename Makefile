@@ -35,7 +35,8 @@ setup: uv
 	$(UV) sync --locked --all-packages --all-extras
 
 demo: setup
-	$(UV) run --locked facelab selfcheck
+	$(UV) run --locked facelab bench quick --out results/quick
+	@echo "report: $(CURDIR)/results/quick/report.md"
 
 # Each package runs in a fresh environment holding only that package, its declared
 # dependencies (all extras) and its own dev group: a missing dependency declaration fails here.
