@@ -73,3 +73,37 @@ def test_bad_inputs():
         PartialFaceModel(input_norm="batch")
     with pytest.raises(RangeError):
         PartialFaceModel(image_size=30)
+
+
+def test_initial_weights_depend_on_the_seed_alone(monkeypatch):
+    """Two runs with one seed start from the same weights whatever the global RNG did before."""
+    import dataclasses
+
+    from facelab.core.recipe import DataConfig
+    from facelab.core.train import TrainConfig
+    import importlib
+
+    pf_train = importlib.import_module("facelab.partialface.train")
+
+    captured = []
+    real_build = pf_train.build_model
+
+    def spy(cfg, plan):
+        model = real_build(cfg, plan)
+        captured.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        raise RuntimeError("stop after initialization")
+
+    cfg = dataclasses.replace(
+        pf_train.partialface_presets()["toy"],
+        data=DataConfig(image_size=32, toy_identities=4, toy_images_per_identity=2, repeat=1),
+        base_width=4,
+        embedding_size=8,
+        norm_samples=4,
+        train=TrainConfig(output_dir="unused", max_steps=1, seed=3),
+    )
+    monkeypatch.setattr(pf_train, "build_model", spy)
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        with pytest.raises(RuntimeError, match="stop after"):
+            pf_train.train(cfg)
+    assert len(captured) == 2 and torch.equal(captured[0], captured[1])

@@ -225,8 +225,10 @@ def train(cfg: PartialFaceConfig) -> PartialFaceResult:
     dataset, num_classes = build_train_dataset(cfg.data)
     if cfg.cache_images and cfg.data.is_toy:
         _cache_toy(dataset)
-    model = build_model(cfg, plan)
-    head = build_head(cfg.head, cfg.embedding_size, num_classes)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the configured seed alone
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg, plan)
+        head = build_head(cfg.head, cfg.embedding_size, num_classes)
     encoder = model.make_encoder(check=False)
     if model.input_norm != "none":
         model.set_position_std(
