@@ -45,6 +45,11 @@ FAKES = {
         def something_else():
             return 1
         """,
+    "fakeexit": """
+        import os
+        def run_quick(*, small=False, seed=0, workdir, progress=True):
+            os._exit(3)  # the process dies: no exception to catch
+        """,
     "fakeimporterror": """
         import facelab.core.this_module_does_not_exist  # noqa: F401
         """,

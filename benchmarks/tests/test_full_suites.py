@@ -55,6 +55,12 @@ def test_full_suites_need_data_paths(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["quick", "--train-data", str(tmp_path)])
     assert "apply to the ppfr and templates suites only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["speed", "--jobs", "2"])
+    assert "--jobs applies to the quick suite only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["quick", "--jobs", "0"])
+    assert "--jobs: expected a positive integer" in capsys.readouterr().err
 
 
 def test_ppfr_tiny(tmp_path, tiny_real_data, monkeypatch):

@@ -1,6 +1,9 @@
 import math
 
-from facelab.benchmarks.methods import load_entry, run_method
+import pytest
+
+from facelab.benchmarks.methods import MethodRunner, load_entry, run_method
+from facelab.core.errors import RangeError
 
 
 def test_missing_package_is_not_built(tmp_path):
@@ -50,3 +53,15 @@ def test_good_method_rows_are_validated_and_arguments_passed(fake_methods, tmp_p
     import facelab.fakeok.quick as q
 
     assert q.CALLS == [dict(small=True, seed=7, workdir=str(tmp_path / "w"), progress=False)]
+
+
+def test_runner_in_process_and_bad_jobs(fake_methods, tmp_path):
+    with MethodRunner(["fakeok"], jobs=1, workdir_root=tmp_path, small=True, progress=False) as r:
+        ((out, stage),) = list(r.results())
+    assert out.status == "ok" and stage.where == "main" and r.pool is None
+    import facelab.fakeok.quick as q
+
+    assert q.CALLS[-1]["workdir"] == str(tmp_path / "fakeok")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(RangeError, match="jobs"):
+            MethodRunner(["fakeok"], jobs=bad)

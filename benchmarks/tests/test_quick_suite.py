@@ -26,7 +26,10 @@ def finite(v):
 def test_quick_small_report(tmp_path, fake_methods, capsys):
     out = tmp_path / "quick"
     methods = [*PPFR_METHODS, "nosuchmethod", "fakefail", "fakeok"]
-    rc = main(["quick", "--small", "--out", str(out), "--no-progress", "--methods", *methods])
+    # --jobs 1: every method in this process (a spawned worker per method would add its start-up
+    # to the test's time; test_same_seed_same_numbers covers the worker processes)
+    args = ["quick", "--small", "--out", str(out), "--no-progress", "--jobs", "1"]
+    rc = main([*args, "--methods", *methods])
     assert rc == 1  # fakefail raised: the suite finishes, then exits non-zero
     printed = capsys.readouterr()
     assert "report written to" in printed.out and "FAILED: fakefail" in printed.err
@@ -40,6 +43,7 @@ def test_quick_small_report(tmp_path, fake_methods, capsys):
         quick.SMALL
     )
     assert data["machine"]["cpu_count"] >= 1
+    assert data["settings"]["jobs"] == 1 and data["settings"]["torch_threads"] == 1
     stages = [s["stage"] for s in data["timings"]["stages"]]
     assert any("arcface baseline: train" in s for s in stages) and "fakeok: run_quick" in stages
     rows = {r["method"]: r for r in data["rows"]}
@@ -129,17 +133,48 @@ NUMBERS = (
 
 
 def numbers(result):
-    return {r["method"]: tuple(r[k] for k in NUMBERS) for r in result.rows}
+    """The numbers of each row, NaN as None (NaN != NaN would fail an equality)."""
+    return {
+        r["method"]: tuple(None if r[k] != r[k] else r[k] for k in NUMBERS) for r in result.rows
+    }
 
 
 @pytest.mark.slow
-def test_same_seed_same_numbers(tmp_path):
+def test_same_seed_same_numbers(tmp_path, fake_methods):
+    """Same seed: same numbers, whether the methods run in this process (jobs=1) or in worker
+    processes (jobs=3: two at a time); another seed: other numbers. A worker process that dies
+    fails its own method only."""
     runs = [
-        quick.run(seed=seed, out=tmp_path / f"run{i}", progress=False, methods=(), settings=TINY)
-        for i, seed in enumerate((5, 5, 6))
+        quick.run(
+            seed=seed,
+            out=tmp_path / f"run{i}",
+            progress=False,
+            methods=methods,
+            settings=TINY,
+            jobs=jobs,
+        )
+        for i, (seed, methods, jobs) in enumerate(
+            [(5, ("fakeok",), 1), (5, ("fakeexit", "fakeok"), 3), (6, (), 1)]
+        )
     ]
     first, again, other = (numbers(r) for r in runs)
-    assert first == again  # NaN-free: the comparison below checks it
-    assert all(math.isfinite(v) for k, vals in first.items() if k != quick.MEAN_IMAGE for v in vals)
+    assert "fakeok" in first and quick.BASELINE in first
+    assert first == {k: v for k, v in again.items() if k != "fakeexit"}
+    assert all(
+        v is not None and math.isfinite(v)
+        for k, vals in first.items()
+        if k not in (quick.MEAN_IMAGE, "fakeok (ablation)")
+        for v in vals
+    )
     # another seed is other data and other weights: the check above could fail
     assert first[quick.BASELINE] != other[quick.BASELINE]
+
+    par = runs[1]
+    (dead,) = [r for r in par.rows if r["method"] == "fakeexit"]
+    assert "exited with code 3 before returning rows" in dead["status"]
+    assert par.failed == ["fakeexit"] and runs[0].failed == []
+    where = {s["stage"]: s["where"] for s in par.timings["stages"]}
+    assert where["fakeok: run_quick"] == "worker" and where["arcface baseline: verify"] == "main"
+    assert par.timings["cpu_s_workers"] > 0 and "cpu_s_workers" not in runs[0].timings
+    assert runs[0].settings["jobs"] == 1 and par.settings["jobs"] == 3
+    assert (tmp_path / "run1" / "work" / "fakeexit").is_dir()  # workdir = <work>/<method>

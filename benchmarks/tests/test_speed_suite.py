@@ -68,6 +68,10 @@ def test_speed_suite_small_writes_report(tmp_path, capsys, fake_producers):
     # the codec and the iresnet50 step are real, measured here
     codec = [r for r in data["rows"] if r["benchmark"].startswith("codec compact")]
     assert len(codec) == 2 and all(r["ours/s"] > 0 and r["speedup"] > 0 for r in codec)
+    ref = [r for r in data["rows"] if r["benchmark"].startswith("codec reference")]
+    assert len(ref) == 2 and all(r["ours/s"] > 0 for r in ref)
+    assert "peak RSS not measured" in ref[0]["note"]  # --small: measured in this process
+    assert float(ref[1]["note"].split("error ")[1]) < 1e-4  # the reference mode is exact
     (step,) = [r for n, r in rows.items() if n.startswith("iresnet50")]
     assert "batch 2" in step["benchmark"] and step["ours/s"] > 0 and step["speedup"] > 0
     gflop = float(step["note"].split(" GFLOP")[0].split("; ")[-1])

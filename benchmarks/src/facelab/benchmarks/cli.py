@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's, one per core); on a machine shared with "
-        "other jobs 1 avoids threads spinning against them. Results are reproducible for a "
-        "fixed seed and thread count",
+        help="torch CPU threads per process (default: 1 for quick, whose tiny models gain "
+        "little from more and whose threads would spin against its worker process; torch's "
+        "default, one per core, for the other suites). Results are reproducible for a fixed "
+        "seed, thread count and --jobs",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="quick only: processes; with 2 or more the method packages run in worker "
+        "processes beside the baseline/templates/attacks (default: min(2, CPUs available))",
     )
     full = p.add_argument_group("ppfr / templates (real data)")
     full.add_argument(
@@ -117,12 +126,20 @@ def main(argv: Sequence[str] = ()) -> int:
         given = [f"--{n.replace('_', '-')}" for n in _FULL_ONLY if _given(args, n, parser)]
         if given:
             parser.error(f"{', '.join(given)} apply to the ppfr and templates suites only")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads: expected a positive integer, got {args.threads}")
+    if args.jobs is not None:
+        if args.suite != "quick":
+            parser.error(f"--jobs applies to the quick suite only, not {args.suite}")
+        if args.jobs < 1:
+            parser.error(f"--jobs: expected a positive integer, got {args.jobs}")
+    if args.suite == "quick":
+        kwargs["jobs"] = args.jobs if args.jobs is not None else default_jobs()
+    threads = args.threads if args.threads is not None else (1 if args.suite == "quick" else None)
+    if threads is not None:
+        if threads < 1:
+            parser.error(f"--threads: expected a positive integer, got {threads}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     from facelab.core.errors import FacelabError
 
     try:
@@ -136,6 +153,12 @@ def main(argv: Sequence[str] = ()) -> int:
         print(f"\nFAILED: {', '.join(result.failed)} (see the rows marked failed)", file=sys.stderr)
     print(f"\nreport written to {path}")
     return 1 if result.failed else 0
+
+
+def default_jobs() -> int:
+    """min(2, CPUs this process may run on): the quick suite's method workers + itself."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(2, cpus or 1))
 
 
 def _given(args: argparse.Namespace, name: str, parser: argparse.ArgumentParser) -> bool:

@@ -25,6 +25,8 @@ class StageTime:
     wall_s: float
     cpu_s: float
     status: str = "ok"
+    #: "main" (this process) or "worker" (a worker process, overlapping the main's stages)
+    where: str = "main"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +34,7 @@ class StageTime:
             "wall_s": round(self.wall_s, 2),
             "cpu_s": round(self.cpu_s, 2),
             "status": self.status,
+            "where": self.where,
         }
 
 
@@ -84,8 +87,11 @@ class Progress:
             )
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "wall_s": round(self.wall_s, 2),
-            "cpu_s": round(self.cpu_s, 2),
-            "stages": [s.as_dict() for s in self.stages],
-        }
+        """Wall time, CPU time of this process (``cpu_s``) and of the worker processes'
+        stages (``cpu_s_workers``, when there were any), and every stage."""
+        out: dict[str, Any] = {"wall_s": round(self.wall_s, 2), "cpu_s": round(self.cpu_s, 2)}
+        workers = [s.cpu_s for s in self.stages if s.where == "worker"]
+        if workers:
+            out["cpu_s_workers"] = round(sum(v for v in workers if v == v), 2)
+        out["stages"] = [s.as_dict() for s in self.stages]
+        return out

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from facelab.benchmarks.methods import PPFR_METHODS, run_method
+from facelab.benchmarks.methods import PPFR_METHODS, MethodRunner
 from facelab.benchmarks.progress import Progress
 from facelab.benchmarks.report import SuiteResult
 from facelab.benchmarks.rows import (
@@ -101,7 +101,8 @@ SMALL = QuickSettings(
     attack_images_per_identity=4,
     victim_identities=20,
     victim_images_per_identity=3,
-    attack_steps=15,
+    attack_steps=8,
+    attack_batch_size=16,
     grid_samples=4,
 )
 
@@ -213,11 +214,22 @@ def run(
     progress: bool = True,
     methods: Sequence[str] = PPFR_METHODS,
     settings: QuickSettings | None = None,
+    jobs: int = 1,
     **_: Any,
 ) -> SuiteResult:
-    """Run the quick suite; plots go to ``out`` (the caller writes report.md/results.json)."""
+    """Run the quick suite; plots go to ``out`` (the caller writes report.md/results.json).
+
+    ``jobs``: processes to use; with ``jobs >= 2`` the method packages' ``run_quick`` run in
+    ``jobs - 1`` worker processes (a fresh one per method) while this process trains the
+    baseline, the templates and the attacks (see ``MethodRunner``).
+    """
     from facelab.benchmarks.baseline import toy_training_data, train_baseline, verification
-    from facelab.benchmarks.plots import collect_grids, plot_accuracy_vs_leakage, plot_rocs
+    from facelab.benchmarks.plots import (
+        collect_grids,
+        plot_accuracy_vs_leakage,
+        plot_rocs,
+        roc_from_rates,
+    )
     from facelab.core.data.toyfaces import ToyFaces
     from facelab.core.recipe import build_eval_sets
 
@@ -231,128 +243,135 @@ def run(
     curves: dict[str, Any] = {}
     cfg = baseline_config(s, seed, work, progress)
     size = s.image_size
-
-    with prog.stage(f"render toyfaces ({s.identities} x {s.images_per_identity} training images)"):
-        train_set, _ = toy_training_data(cfg.data)
-        (eval_set,) = build_eval_sets(cfg.data)
-        attacker = ToyFaces(
-            s.attack_identities,
-            s.attack_images_per_identity,
-            size=size,
-            seed=seed,
-            identity_offset=ATTACK_OFFSET,
-        )
-        victims = ToyFaces(
-            s.victim_identities,
-            s.victim_images_per_identity,
-            size=size,
-            seed=seed,
-            identity_offset=VICTIM_OFFSET,
-        )
-        attack_images = attacker.render(torch.arange(len(attacker)))
-        victim_images = victims.render(torch.arange(len(victims)))
-
-    # ---- the ArcFace baseline
-    base = bv = None
+    runner = MethodRunner(
+        methods,
+        jobs=jobs,
+        reporter=prog,
+        workdir_root=work,
+        small=small,
+        seed=seed,
+        progress=progress,
+    )
     try:
-        with prog.stage(f"arcface baseline: train {s.baseline_steps} steps"):
-            base = train_baseline(cfg, train_set)
-        with prog.stage("arcface baseline: verify"):
-            bv = verification(base.model, eval_set)
-        prog.log(
-            f"arcface: accuracy {bv['accuracy']:.4f}, TAR@FAR=1e-3 {bv['tar_at_far_1e-3']:.4f}"
-        )
-        curves[BASELINE] = bv["roc"]
-    except Exception as err:
-        failed.append("arcface baseline")
-        prog.log(f"arcface baseline FAILED: {type(err).__name__}: {err}")
-        base_error: BaseException | None = err
-    else:
-        base_error = None
-
-    # ---- template protection on the baseline's body
-    tpl: dict[str, Any] = {}
-    tpl_status: str | BaseException = "ok"
-    ext = None
-    group_time = float("nan")
-    if base is None:
-        tpl_status = RuntimeError("the arcface baseline failed")
-    else:
-        try:
-            import facelab.slerpface  # noqa: F401
-        except ImportError as err:
-            tpl_status = f"not built: {err}"
-    if tpl_status == "ok":
-        from facelab.benchmarks import templates as T
-
-        try:
-            with prog.stage(
-                f"slerpface extractor: train group_cov + attention, {s.group_steps} steps"
-            ):
-                ext = T.build_extractor(base.model, cfg.backbone, backbone_options(cfg))
-                group_time, _ = T.train_group_branch(
-                    ext,
-                    train_set.tensors[0],
-                    train_set.tensors[1],
-                    group_train_config(s, seed, work, progress),
-                )
-            with prog.stage("templates: extract, protect, verify"):
-                eval_tpl = T.extract(ext, eval_set.images)
-                n = eval_set.num_pairs
-                pairs = (torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2), eval_set.issame)
-                tpl = T.evaluate_protectors(eval_tpl, pairs, seed=seed, log=prog.log)
-                for name, res in tpl.items():
-                    curves[T.ROW_NAMES[name]] = res["roc"]
-        except Exception as err:
-            failed.append("templates")
-            prog.log(f"templates FAILED: {type(err).__name__}: {err}")
-            tpl_status, tpl = err, {}
-
-    # ---- inversion attacks, one budget for all observations
-    attacks: dict[str, dict[str, Any]] = {}
-    attack_grid = out / "grid_inversion.png"
-    if base is not None:
-        try:
-            with prog.stage(f"inversion attacks ({s.attack_steps} steps each)"):
-                attacks = _run_attacks(
-                    s,
-                    seed,
-                    base.model,
-                    ext if tpl else None,
-                    attack_images,
-                    victim_images,
-                    victims.labels,
-                    attack_grid,
-                    prog,
-                )
-        except Exception as err:
-            failed.append("attacks")
-            prog.log(f"attacks FAILED: {type(err).__name__}: {err}")
-
-    # ---- the methods
-    method_rows: list[dict[str, Any]] = []
-    method_status: dict[str, str] = {}
-    grids: list[Path] = []
-    for m in methods:
-        with prog.stage(f"{m}: run_quick") as record:
-            outcome = run_method(
-                m, small=small, seed=seed, workdir=work / m, progress=progress, log=prog.log
+        with prog.stage(
+            f"render toyfaces ({s.identities} x {s.images_per_identity} training images)"
+        ):
+            train_set, _ = toy_training_data(cfg.data)
+            (eval_set,) = build_eval_sets(cfg.data)
+            attacker = ToyFaces(
+                s.attack_identities,
+                s.attack_images_per_identity,
+                size=size,
+                seed=seed,
+                identity_offset=ATTACK_OFFSET,
             )
-            record.status = outcome.status
-        method_status[m] = outcome.status if not outcome.error else f"failed: {outcome.error}"
-        if outcome.failed:
-            failed.append(m)
-        for r in outcome.rows:
-            roc = r.pop("roc", None)
-            if roc is not None:
-                from facelab.benchmarks.plots import roc_from_rates
+            victims = ToyFaces(
+                s.victim_identities,
+                s.victim_images_per_identity,
+                size=size,
+                seed=seed,
+                identity_offset=VICTIM_OFFSET,
+            )
+            attack_images = attacker.render(torch.arange(len(attacker)))
+            victim_images = victims.render(torch.arange(len(victims)))
 
-                curves[r["method"]] = roc_from_rates(roc["fpr"], roc["tpr"])
-        if outcome.status == "ok":
-            grids += collect_grids(m, outcome.rows, work / m, out)
-        for r in outcome.rows:
-            r.pop("grid", None)
-        method_rows += outcome.rows
+        # ---- the ArcFace baseline
+        base = bv = None
+        try:
+            with prog.stage(f"arcface baseline: train {s.baseline_steps} steps"):
+                base = train_baseline(cfg, train_set)
+            with prog.stage("arcface baseline: verify"):
+                bv = verification(base.model, eval_set)
+            prog.log(
+                f"arcface: accuracy {bv['accuracy']:.4f}, TAR@FAR=1e-3 {bv['tar_at_far_1e-3']:.4f}"
+            )
+            curves[BASELINE] = bv["roc"]
+        except Exception as err:
+            failed.append("arcface baseline")
+            prog.log(f"arcface baseline FAILED: {type(err).__name__}: {err}")
+            base_error: BaseException | None = err
+        else:
+            base_error = None
+
+        # ---- template protection on the baseline's body
+        tpl: dict[str, Any] = {}
+        tpl_status: str | BaseException = "ok"
+        ext = None
+        group_time = float("nan")
+        if base is None:
+            tpl_status = RuntimeError("the arcface baseline failed")
+        else:
+            try:
+                import facelab.slerpface  # noqa: F401
+            except ImportError as err:
+                tpl_status = f"not built: {err}"
+        if tpl_status == "ok":
+            from facelab.benchmarks import templates as T
+
+            try:
+                with prog.stage(
+                    f"slerpface extractor: train group_cov + attention, {s.group_steps} steps"
+                ):
+                    ext = T.build_extractor(base.model, cfg.backbone, backbone_options(cfg))
+                    group_time, _ = T.train_group_branch(
+                        ext,
+                        train_set.tensors[0],
+                        train_set.tensors[1],
+                        group_train_config(s, seed, work, progress),
+                    )
+                with prog.stage("templates: extract, protect, verify"):
+                    eval_tpl = T.extract(ext, eval_set.images)
+                    n = eval_set.num_pairs
+                    pairs = (torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2), eval_set.issame)
+                    tpl = T.evaluate_protectors(eval_tpl, pairs, seed=seed, log=prog.log)
+                    for name, res in tpl.items():
+                        curves[T.ROW_NAMES[name]] = res["roc"]
+            except Exception as err:
+                failed.append("templates")
+                prog.log(f"templates FAILED: {type(err).__name__}: {err}")
+                tpl_status, tpl = err, {}
+
+        # ---- inversion attacks, one budget for all observations
+        attacks: dict[str, dict[str, Any]] = {}
+        attack_grid = out / "grid_inversion.png"
+        if base is not None:
+            try:
+                with prog.stage(f"inversion attacks ({s.attack_steps} steps each)"):
+                    attacks = _run_attacks(
+                        s,
+                        seed,
+                        base.model,
+                        ext if tpl else None,
+                        attack_images,
+                        victim_images,
+                        victims.labels,
+                        attack_grid,
+                        prog,
+                    )
+            except Exception as err:
+                failed.append("attacks")
+                prog.log(f"attacks FAILED: {type(err).__name__}: {err}")
+
+        # ---- the methods (already running in worker processes when jobs >= 2)
+        method_rows: list[dict[str, Any]] = []
+        method_status: dict[str, str] = {}
+        grids: list[Path] = []
+        for outcome, _ in runner.results():
+            m = outcome.method
+            method_status[m] = outcome.status if not outcome.error else f"failed: {outcome.error}"
+            if outcome.failed:
+                failed.append(m)
+            for r in outcome.rows:
+                roc = r.pop("roc", None)
+                if roc is not None:
+                    curves[r["method"]] = roc_from_rates(roc["fpr"], roc["tpr"])
+            if outcome.status == "ok":
+                grids += collect_grids(m, outcome.rows, work / m, out)
+            for r in outcome.rows:
+                r.pop("grid", None)
+            method_rows += outcome.rows
+    finally:
+        runner.close()
 
     # ---- rows
     rows: list[dict[str, Any]] = []
@@ -484,6 +503,7 @@ def run(
             "victims": VICTIM_OFFSET,
         },
         "torch_threads": torch.get_num_threads(),
+        "jobs": jobs,
     }
     return SuiteResult(
         suite="quick",
@@ -491,7 +511,7 @@ def run(
         headers=dict(TABLE_COLUMNS),
         rows=rows,
         settings=settings_dict,
-        notes=_notes(s),
+        notes=_notes(s, jobs if methods else 1),
         plots=plots,
         failed=failed,
         timings=timings,
@@ -580,7 +600,7 @@ def _roc_json(curves: dict[str, Any], max_points: int = 200) -> dict[str, Any]:
     return out
 
 
-def _notes(s: QuickSettings) -> list[str]:
+def _notes(s: QuickSettings, jobs: int = 1) -> list[str]:
     return [
         "accuracy: insightface 10-fold verification on held-out toyfaces people (mean over folds); "
         "TAR@FAR=1e-3: the ROC point nearest to FAR 1e-3 (coarse with few impostor pairs)",
@@ -596,4 +616,13 @@ def _notes(s: QuickSettings) -> list[str]:
         "template rows: the stored protected template)",
         "train s / infer img/s: wall time on this machine, which may be shared: see Timings and "
         "Machine (load average) before comparing",
+        *(
+            [
+                f"jobs {jobs}: the method packages ran in worker processes while this process "
+                "ran the baseline, templates and attacks, so both sides' wall times (train s, "
+                "infer img/s) include sharing the CPU with the other"
+            ]
+            if jobs > 1
+            else []
+        ),
     ]

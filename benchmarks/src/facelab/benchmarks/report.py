@@ -160,12 +160,19 @@ def _timing_lines(timings: Mapping[str, Any]) -> list[str]:
             f"- total: {timings['wall_s']:.1f} s wall, {timings.get('cpu_s', float('nan')):.1f} s "
             "CPU (this process, all threads)"
         )
-    for s in timings.get("stages", []):
+    if "cpu_s_workers" in timings:
         lines.append(
-            f"- {s['stage']}: {s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU ({s['status']})"
+            f"- worker processes (overlapping the main process): {timings['cpu_s_workers']:.1f} s "
+            "CPU"
+        )
+    for s in timings.get("stages", []):
+        where = ", worker process" if s.get("where") == "worker" else ""
+        lines.append(
+            f"- {s['stage']}: {s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU "
+            f"({s['status']}{where})"
         )
     for k, v in timings.items():
-        if k not in ("wall_s", "cpu_s", "stages"):
+        if k not in ("wall_s", "cpu_s", "cpu_s_workers", "stages"):
             lines.append(f"- {k}: {v}")
     return lines
 

@@ -93,16 +93,37 @@ print(json.dumps({"encode_s": t, "decode_s": t_dec, "peak_mb": enc_peak, "err": 
 """
 
 
-def codec_reference(n: int = 64) -> list[dict[str, Any]]:
-    """Reference mode images/s and the peak memory of encode (a fresh process per measure)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _REF_MEMORY_SCRIPT, str(n)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ},
+def _reference_in_process(n: int) -> dict[str, float]:
+    from facelab.core.freq import FrequencyCodec
+
+    x = torch.rand(n, 3, 112, 112) * 2 - 1
+    codec = FrequencyCodec("reference", check=False)
+    t = measure(lambda: codec.encode(x), repeat=2)
+    c = codec.encode(x)
+    t_dec = measure(lambda: codec.decode(c), repeat=2)
+    err = float((codec.decode(c) - x).abs().max())
+    return {"encode_s": t, "decode_s": t_dec, "peak_mb": float("nan"), "err": err}
+
+
+def codec_reference(n: int = 64, fresh_process: bool = True) -> list[dict[str, Any]]:
+    """Reference mode images/s and the peak memory of encode (measured in a fresh process;
+    ``fresh_process=False``: in this one, without the memory figure, for --small)."""
+    if fresh_process:
+        out = subprocess.run(
+            [sys.executable, "-c", _REF_MEMORY_SCRIPT, str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ},
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+    else:
+        r = _reference_in_process(n)
+    memory = (
+        f"peak RSS growth {r['peak_mb']:.0f} MiB"
+        if r["peak_mb"] == r["peak_mb"]
+        else "peak RSS not measured (--small: no fresh process)"
     )
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     return [
         {
             "benchmark": f"codec reference encode, {n}x3x112x112 -> 192x112x112",
@@ -111,7 +132,7 @@ def codec_reference(n: int = 64) -> list[dict[str, Any]]:
             "ours/s": n / r["encode_s"],
             "reference/s": float("nan"),
             "speedup": float("nan"),
-            "note": f"peak RSS growth {r['peak_mb']:.0f} MiB; output alone {n * 192 * 112 * 112 * 4 / 2**20:.0f} MiB",
+            "note": f"{memory}; output alone {n * 192 * 112 * 112 * 4 / 2**20:.0f} MiB",
         },
         {
             "benchmark": f"codec reference decode (exact), {n} images",
@@ -132,16 +153,24 @@ def codec_reference(n: int = 64) -> list[dict[str, Any]]:
 def _step_flops(
     model: torch.nn.Module, head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> int:
-    """FLOPs of one forward + backward (torch's FlopCounterMode: matmuls and convolutions)."""
+    """FLOPs of one forward + backward of the batch (torch's FlopCounterMode: matmuls and
+    convolutions), counted on its first image and scaled: those FLOPs are per image. The count
+    runs in eval mode (BatchNorm over one image has no batch statistics; it adds no counted
+    FLOPs either way)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    training = model.training
+    model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = head(model(x), y)
-        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
-    model.zero_grad(set_to_none=True)
-    head.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
+    try:
+        with counter:
+            out = head(model(x[:1]), y[:1])
+            torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+    finally:
+        model.train(training)
+        model.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops()) * x.shape[0]
 
 
 def iresnet50_train_step(small: bool) -> list[dict[str, Any]]:
@@ -172,7 +201,9 @@ def iresnet50_train_step(small: bool) -> list[dict[str, Any]]:
         loss.backward()
         opt.step()
 
-    t_step = measure(step, steps, warmup=1, device=device)
+    # CPU at --small size: one timed step, no warm-up (an iresnet50 step takes seconds; the
+    # FLOP count above already ran the layers once)
+    t_step = measure(step, steps, warmup=0 if (small and not cuda) else 1, device=device)
     # a square matmul with the step's FLOPs (2 n^3 = flops), same dtype and device
     n = max(256, round((flops / 2) ** (1 / 3) / 64) * 64)
     a = torch.randn(n, n, generator=g).to(device, dtype)
@@ -274,7 +305,13 @@ def run(
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     producers: list[tuple[str, Callable[[], list[dict[str, Any]]] | str]] = [
-        ("codec", lambda: codec_compact(n, repeat) + codec_reference(8 if small else 64))
+        (
+            "codec",
+            lambda: (
+                codec_compact(n, repeat)
+                + codec_reference(8 if small else 64, fresh_process=not small)
+            ),
+        )
     ]
     for label, module, names in _benchmark_functions(small):
         try:
