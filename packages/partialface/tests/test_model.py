@@ -78,10 +78,10 @@ def test_bad_inputs():
 def test_initial_weights_depend_on_the_seed_alone(monkeypatch):
     """Two runs with one seed start from the same weights whatever the global RNG did before."""
     import dataclasses
+    import importlib
 
     from facelab.core.recipe import DataConfig
     from facelab.core.train import TrainConfig
-    import importlib
 
     pf_train = importlib.import_module("facelab.partialface.train")
 
