@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from facelab.core.errors import RangeError, UnknownNameError
-from facelab.core.recipe import DataConfig
+from facelab.core.recipe import DataConfig, HeadConfig
 from facelab.core.train import TrainConfig
 from facelab.minusface import MinusFaceConfig, minusface_presets
 from facelab.minusface.train import stage1_trainer, stage2_trainer
@@ -128,6 +128,8 @@ def test_presets_and_bad_configs(tmp_path):
     assert paper.generator_lr_scale == 0.1 and paper.data.repeat == 3
     assert paper.stage1.lr == 0.01 and paper.stage1.milestones == (10, 18, 22)
     assert paper.stage1.epochs == 24 and paper.backbone == "r18"
+    assert paper.head == paper.stage1_head == HeadConfig()  # ArcFace s 64, m 0.5, both stages
+    assert (paper.head.s, paper.head.m) == (64.0, 0.5)
     assert paper.stage1.output_dir.endswith("stage1")
     for bad in (
         dict(domain="dct"),
@@ -150,3 +152,37 @@ def test_presets_and_bad_configs(tmp_path):
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=40))
     with pytest.raises(RangeError):
         stage2_trainer(other, *_dataset(cfg), gen)
+
+
+def test_initial_weights_depend_on_the_seed_alone(tmp_path):
+    cfg = tiny_config(tmp_path)
+    data = _dataset(cfg)
+
+    def weights(cfg):
+        tr1 = stage1_trainer(cfg, *data)
+        gen = tr1.unwrap("generator")
+        tr2 = stage2_trainer(cfg, *data, gen)
+        return {
+            f"{stage}.{name}.{k}": v.clone()
+            for stage, tr in (("s1", tr1), ("s2", tr2))
+            for name in ("generator", "recognizer", "head")
+            if stage == "s1" or name != "generator"
+            for k, v in tr.unwrap(name).state_dict().items()
+        }
+
+    torch.manual_seed(123)
+    a = weights(cfg)
+    torch.rand(1000)  # whatever used the global RNG in between
+    state = torch.get_rng_state()
+    b = weights(cfg)
+    assert torch.equal(torch.get_rng_state(), state)  # and the global RNG is left alone
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = dataclasses.replace(
+        cfg,
+        stage1=dataclasses.replace(cfg.stage1, seed=cfg.stage1.seed + 1),
+        stage2=dataclasses.replace(cfg.stage2, seed=cfg.stage2.seed + 1),
+    )
+    c = weights(other)
+    for prefix in ("s1.generator", "s1.recognizer", "s2.recognizer", "s2.head"):
+        keys = [k for k in a if k.startswith(prefix) and a[k].is_floating_point()]
+        assert not all(torch.equal(a[k], c[k]) for k in keys), prefix

@@ -52,10 +52,34 @@ def _load_recognizer(path: str):
     return from_pretrained(_model_dir(path, "recognizer"))
 
 
-def _toy_images(identities: int, per_identity: int, size: int, seed: int, offset: int):
+def _toy_difficulty(path: str, given: str | None) -> str:
+    """``given``, else the toyfaces difficulty the run at ``path`` trained on (its
+    metrics.json), else "default"."""
+    if given is not None:
+        return given
+    metrics = Path(path) / "metrics.json"
+    if metrics.is_file():
+        try:
+            data = json.loads(metrics.read_text())["config"]["data"]
+            return str(data["toy_difficulty"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return "default"
+
+
+def _toy_images(
+    identities: int, per_identity: int, size: int, seed: int, offset: int, difficulty: str
+):
     from facelab.core.data.toyfaces import ToyFaces
 
-    ds = ToyFaces(identities, per_identity, size=size, seed=seed, identity_offset=offset)
+    ds = ToyFaces(
+        identities,
+        per_identity,
+        size=size,
+        seed=seed,
+        identity_offset=offset,
+        difficulty=difficulty,
+    )
     return ds.render(slice(None)), ds.labels
 
 
@@ -122,6 +146,8 @@ class ProtectArgs:
     toy_images_per_identity: int = 2
     toy_seed: int = 0
     toy_identity_offset: int = 1_000_000
+    toy_difficulty: str | None = None
+    """default: the difficulty the run trained on (metrics.json), else "default\""""
     batch_size: int = 64
 
 
@@ -136,6 +162,7 @@ def protect_command(args: ProtectArgs) -> int:
             generator.image_size,
             args.toy_seed,
             args.toy_identity_offset,
+            _toy_difficulty(args.model, args.toy_difficulty),
         )
         k = args.toy_images_per_identity
         names = [f"{int(y):05d}/{i % k:03d}.png" for i, y in enumerate(labels.tolist())]
@@ -214,7 +241,8 @@ class EvalArgs:
     eval_images_per_identity: int = 10
     eval_pairs: int = 2000
     toy_seed: int = 0
-    toy_difficulty: str = "default"
+    toy_difficulty: str | None = None
+    """default: the difficulty the run trained on (metrics.json), else "default\""""
     eval_bins: tuple[str, ...] = ()
     seed: int = 0
     """permutation seed of the evaluation"""
@@ -240,7 +268,7 @@ def eval_command(args: EvalArgs) -> int:
     data = DataConfig(
         image_size=generator.image_size,
         toy_seed=args.toy_seed,
-        toy_difficulty=args.toy_difficulty,
+        toy_difficulty=_toy_difficulty(args.run, args.toy_difficulty),
         eval_identities=args.eval_identities,
         eval_images_per_identity=args.eval_images_per_identity,
         eval_pairs=args.eval_pairs,
@@ -284,6 +312,8 @@ class AttackArgs:
     test_identities: int = 40
     test_images_per_identity: int = 5
     toy_seed: int = 0
+    toy_difficulty: str | None = None
+    """default: the difficulty the run trained on (metrics.json), else "default\""""
     steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
@@ -320,15 +350,22 @@ def attack_command(args: AttackArgs) -> int:
     elif (run / "baseline" / "model" / "config.json").is_file():
         recognizer = from_pretrained(run / "baseline" / "model")
     size = generator.image_size
+    difficulty = _toy_difficulty(args.run, args.toy_difficulty)
     train_images, _ = _toy_images(
         args.train_identities,
         args.train_images_per_identity,
         size,
         args.toy_seed,
         2 * TOY_HELDOUT_OFFSET,
+        difficulty,
     )
     test_images, test_labels = _toy_images(
-        args.test_identities, args.test_images_per_identity, size, args.toy_seed, TOY_HELDOUT_OFFSET
+        args.test_identities,
+        args.test_images_per_identity,
+        size,
+        args.toy_seed,
+        TOY_HELDOUT_OFFSET,
+        difficulty,
     )
     report = privacy_eval(
         generator,

@@ -34,23 +34,26 @@ class QuickSettings:
     attack_images_per_identity: int
     attack_test_identities: int
     attack_steps: int
+    attack_width: int = 16
     batch_size: int = 32
     image_size: int = 32
+    timing_images: int = 64
 
 
-FULL = QuickSettings(
+FULL = QuickSettings(  # the toy preset's stage budgets
     identities=100,
     images_per_identity=10,
     eval_identities=60,
     eval_images_per_identity=6,
     eval_pairs=600,
-    baseline_steps=200,
-    stage1_steps=80,
+    baseline_steps=150,
+    stage1_steps=70,
     stage2_steps=200,
     attack_train_identities=50,
     attack_images_per_identity=4,
     attack_test_identities=20,
-    attack_steps=150,
+    attack_steps=60,
+    attack_width=12,
 )
 SMALL = QuickSettings(
     identities=30,
@@ -64,8 +67,10 @@ SMALL = QuickSettings(
     attack_train_identities=16,
     attack_images_per_identity=4,
     attack_test_identities=8,
-    attack_steps=25,
+    attack_steps=15,
+    attack_width=8,
     batch_size=16,
+    timing_images=32,
 )
 
 
@@ -83,11 +88,12 @@ def quick_config(settings: QuickSettings, seed: int, workdir: Path):
         eval_identities=settings.eval_identities,
         eval_images_per_identity=settings.eval_images_per_identity,
         eval_pairs=settings.eval_pairs,
+        toy_difficulty=toy.data.toy_difficulty,
     )
 
-    def stage(steps: int):
+    def stage(base, steps: int):
         return dataclasses.replace(
-            toy.stage1,
+            base,
             max_steps=steps,
             batch_size=settings.batch_size,
             warmup=min(20, steps // 4),
@@ -101,8 +107,8 @@ def quick_config(settings: QuickSettings, seed: int, workdir: Path):
         toy,
         output_dir=str(workdir / "minusface"),
         data=data,
-        stage1=stage(settings.stage1_steps),
-        stage2=stage(settings.stage2_steps),
+        stage1=stage(toy.stage1, settings.stage1_steps),
+        stage2=stage(toy.stage2, settings.stage2_steps),
         baseline=False,
         evaluate=False,
         eval_seed=seed,
@@ -147,7 +153,7 @@ def run_quick(
     from facelab.minusface.client import MinusFacePipeline, protect_uint8
     from facelab.minusface.evaluate import SHUFFLED, UNSHUFFLED, privacy_eval
     from facelab.minusface.protocol import to_model_input
-    from facelab.minusface.train import stage1_trainer, stage2_trainer
+    from facelab.minusface.train import materialize_toy, stage1_trainer, stage2_trainer
 
     settings = SMALL if small else FULL
     work = Path(workdir)
@@ -179,6 +185,7 @@ def run_quick(
     from facelab.core.recipe import build_train_dataset
 
     dataset, num_classes = build_train_dataset(cfg.data)
+    materialize_toy(dataset)
     t1 = time.perf_counter()
     cfg1 = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, progress=progress))
     tr1 = stage1_trainer(cfg1, dataset, num_classes)
@@ -205,6 +212,7 @@ def run_quick(
         size=size,
         seed=seed,
         identity_offset=2 * TOY_HELDOUT_OFFSET,
+        difficulty=cfg.data.toy_difficulty,
     )
     victims = ToyFaces(
         settings.attack_test_identities,
@@ -212,13 +220,14 @@ def run_quick(
         size=size,
         seed=seed + 7,
         identity_offset=TOY_HELDOUT_OFFSET,
+        difficulty=cfg.data.toy_difficulty,
     )
     report = privacy_eval(
         generator,
         adv.render(slice(None)),
         victims.render(slice(None)),
         n_duplicates=cfg.n_duplicates,
-        attack_config=AttackConfig(width=16, depth=2),
+        attack_config=AttackConfig(width=settings.attack_width, depth=2),
         steps=settings.attack_steps,
         batch_size=32,
         seed=seed,
@@ -227,7 +236,7 @@ def run_quick(
     )
 
     # throughput: client protect, server recognizer, both
-    batch = eval_set.images[:64]
+    batch = eval_set.images[: settings.timing_images]
     protect_ips = _images_per_s(lambda x: protect_uint8(generator, x, cfg.n_duplicates), batch)
     xp = to_model_input(protect_uint8(generator, batch, cfg.n_duplicates))
     rec_ips = _images_per_s(lambda _: recognizer(xp), batch)
@@ -241,6 +250,8 @@ def run_quick(
         f"toyfaces {size}px, {settings.identities} ids; RGB ArcFace baseline acc "
         f"{base_ver.accuracy:.3f} (same backbone, {settings.baseline_steps} steps)"
     )
+    if small:
+        notes_common = "small: a smoke run, too short for meaningful numbers; " + notes_common
     rows = [
         {
             "method": "minusface",
