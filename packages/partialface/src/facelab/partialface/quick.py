@@ -44,7 +44,7 @@ class QuickSizes:
     images_per_identity: int = 8
     eval_identities: int = 60
     eval_pairs: int = 400
-    steps: int = 240
+    steps: int = 400  # one backbone for six subsets needs more steps than RGB (README)
     recognizer_steps: int = 160
     batch_size: int = 64
     base_width: int = 8

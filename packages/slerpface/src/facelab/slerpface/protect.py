@@ -317,7 +317,7 @@ def slerp_groups(
     if names is not None:
         check_group_norms(nt, t, names[0])
         check_group_norms(nk, k, names[1])
-    c = (torch.einsum("...d,...d->...", t, k).unsqueeze(-1) / (nt * nk)).clamp_(-1.0, 1.0)
+    c = (torch.linalg.vecdot(t, k).unsqueeze(-1) / (nt * nk)).clamp_(-1.0, 1.0)
     s = (1.0 - c * c).clamp_(min=0.0).sqrt_()
     phi = alphas.unsqueeze(-1) * torch.atan2(s, c)
     sin_phi = torch.sin(phi)
