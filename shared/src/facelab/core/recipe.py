@@ -260,28 +260,32 @@ def margin_loss(head: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor)
 # the ArcFace baseline
 
 
-def _paper_train_config(output_dir: str) -> Any:
+def paper_train_config(output_dir: str, *, batch_size: int = 128, **overrides: Any) -> Any:
+    """The TrainConfig of the insightface/TFace papers every method recipe starts from: SGD lr
+    0.1, momentum 0.9, weight decay 5e-4, x0.1 at epochs 10, 18, 22 of 24, seed 1337,
+    checkpoints every 2000 steps. ``overrides`` replace any other field (e.g. ``lr``)."""
     from facelab.core.train import TrainConfig
 
-    return TrainConfig(
-        output_dir=output_dir,
-        epochs=24,
-        batch_size=128,
-        optimizer="sgd",
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        scheduler="step",
-        milestones=(10, 18, 22),
-        gamma=0.1,
-        seed=1337,
-        checkpoint_every=2000,
-        log_every=50,
-    )
+    fields: dict[str, Any] = {
+        "output_dir": output_dir,
+        "epochs": 24,
+        "batch_size": batch_size,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "scheduler": "step",
+        "milestones": (10, 18, 22),
+        "gamma": 0.1,
+        "seed": 1337,
+        "checkpoint_every": 2000,
+        "log_every": 50,
+    }
+    return TrainConfig(**(fields | overrides))
 
 
 def _default_train() -> Any:
-    return _paper_train_config("runs/arcface")
+    return paper_train_config("runs/arcface")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from facelab.core.recipe import (
     build_train_dataset,
     evaluate_sets,
     margin_loss,
+    paper_train_config,
     to_jsonable,
     train_arcface,
     write_json,
@@ -85,21 +86,7 @@ class DuetFaceModelConfig:
 
 
 def _paper_stage(output_dir: str) -> TrainConfig:
-    return TrainConfig(
-        output_dir=output_dir,
-        epochs=24,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        scheduler="step",
-        milestones=(10, 18, 22),
-        gamma=0.1,
-        seed=1337,
-        checkpoint_every=2000,
-        log_every=50,
-    )
+    return paper_train_config(output_dir, batch_size=64)
 
 
 @dataclass

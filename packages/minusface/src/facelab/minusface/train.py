@@ -47,6 +47,7 @@ from facelab.core.recipe import (
     build_train_dataset,
     evaluate_sets,
     margin_loss,
+    paper_train_config,
     to_jsonable,
     write_json,
 )
@@ -68,22 +69,7 @@ _STAGE2_INIT_SALT = 0x5E2
 
 
 def _paper_stage(output_dir: str) -> TrainConfig:
-    return TrainConfig(
-        output_dir=output_dir,
-        epochs=24,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=5e-4,
-        no_decay_bn_bias=True,
-        scheduler="step",
-        milestones=(10, 18, 22),
-        gamma=0.1,
-        seed=1337,
-        checkpoint_every=2000,
-        log_every=50,
-    )
+    return paper_train_config(output_dir, batch_size=64, lr=0.01, no_decay_bn_bias=True)
 
 
 def _paper_data() -> DataConfig:

@@ -34,6 +34,7 @@ from facelab.core.recipe import (
     build_head,
     build_train_dataset,
     margin_loss,
+    paper_train_config,
     to_jsonable,
     write_json,
 )
@@ -50,21 +51,7 @@ _MAX_CACHE_VALUES = 512 * 1024 * 1024
 
 
 def _paper_train() -> TrainConfig:
-    return TrainConfig(
-        output_dir="runs/partialface",
-        epochs=24,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        scheduler="step",
-        milestones=(10, 18, 22),
-        gamma=0.1,
-        seed=1337,
-        checkpoint_every=2000,
-        log_every=50,
-    )
+    return paper_train_config("runs/partialface", batch_size=64)
 
 
 def _paper_data() -> DataConfig:
