@@ -126,6 +126,14 @@ def _check_args(
     )
 
 
+def _start(suite: str, *args: Any) -> tuple[FullArgs, Progress]:
+    """Checked arguments (see :func:`_check_args`), the work folder, the seed and progress."""
+    a = _check_args(*args)
+    a.work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(a.seed)
+    return a, Progress(suite, a.progress)
+
+
 # --------------------------------------------------------------------------------------------
 # the ArcFace baseline on real data
 
@@ -370,7 +378,8 @@ def run_ppfr(
     """ArcFace baseline + the privacy-preserving recognition methods on real data."""
 
     out = Path(out or "results/ppfr")
-    a = _check_args(
+    a, prog = _start(
+        "ppfr",
         train_data,
         eval_bins,
         preset,
@@ -383,9 +392,6 @@ def run_ppfr(
         progress,
         out,
     )
-    a.work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    prog = Progress("ppfr", progress)
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     curves: dict[str, Any] = {}
@@ -490,7 +496,8 @@ def run_templates(
     from facelab.benchmarks import templates as T
 
     out = Path(out or "results/templates")
-    a = _check_args(
+    a, prog = _start(
+        "templates",
         train_data,
         eval_bins,
         preset,
@@ -503,9 +510,6 @@ def run_templates(
         progress,
         out,
     )
-    a.work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    prog = Progress("templates", progress)
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     curves: dict[str, Any] = {}
