@@ -4,9 +4,6 @@ import math
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from facelab.core.train import (
     list_checkpoints,
 )
 from facelab.core.train import checkpoint as ckpt_mod
+from facelab.core.train.launch import launch_cpu
 
 HERE = Path(__file__).parent
 
@@ -752,12 +750,6 @@ def test_bad_arguments_and_loss_outputs(tmp_path):
 # ---------------------------------------------------------------- several processes
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load_script():
     spec = importlib.util.spec_from_file_location(
         "_train_ddp_script", HERE / "_train_ddp_script.py"
@@ -771,33 +763,9 @@ def _load_script():
 def test_two_cpu_processes_agree_resume_and_match_one_process(tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-    }
-    # `--cpu` makes accelerate 1.x start a single process; --multi_gpu with ACCELERATE_USE_CPU
-    # starts torchrun with two gloo (CPU) ranks
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(HERE / "_train_ddp_script.py"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    # `--cpu` makes accelerate 1.x start a single process; launch_cpu uses --multi_gpu with
+    # ACCELERATE_USE_CPU (torchrun with two gloo ranks)
+    proc = launch_cpu(HERE / "_train_ddp_script.py", str(out), timeout=240, hf_home=tmp_path / "hf")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     infos = {f.stem: json.loads(f.read_text()) for f in out.glob("rank*.json")}
     assert set(infos) == {"rank0_a", "rank1_a", "rank0_b", "rank1_b"}

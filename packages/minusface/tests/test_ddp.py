@@ -1,23 +1,15 @@
 """Multi-process training: every rank takes the L1 term on its own batch (no all-gather)."""
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from facelab.core.train.launch import launch_cpu
+
 HERE = Path(__file__).parent
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _script():
@@ -29,31 +21,7 @@ def _script():
 
 @pytest.mark.slow
 def test_two_processes_take_the_l1_gradient_of_the_global_mean(tmp_path):
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(HERE / "_ddp_l1_script.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = launch_cpu(HERE / "_ddp_l1_script.py", str(tmp_path), hf_home=tmp_path / "hf")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
 
