@@ -129,6 +129,18 @@ def test_compact_mode_equals_block_dct():
     np.testing.assert_allclose(unit, ours, atol=1e-9)
 
 
+@pytest.mark.parametrize("conv", [True, False])
+def test_compact_fused_forms_equal_the_unfused_pipeline(conv):
+    """Both one-pass forms (convolution: CPU; block matmul: other devices) in float64."""
+    from facelab.core.freq import _compact_encode
+
+    x = textured(2, 112)[..., :96].double()
+    unfused = block_dct(rgb_to_ycbcr((x + 1) / 2 * 255) - 128)
+    out = _compact_encode(x, -1.0, 1.0, conv=conv)
+    assert out.shape == unfused.shape and out.is_contiguous()
+    np.testing.assert_allclose(out.numpy(), unfused.numpy(), atol=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["reference", "compact"])
 @pytest.mark.parametrize("input_range", [(-1.0, 1.0), (0.0, 1.0)])
 def test_round_trip(mode, input_range):

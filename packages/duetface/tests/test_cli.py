@@ -100,3 +100,20 @@ def test_usage_and_errors(bundle, tmp_path, capsys):
     assert "32x32" in capsys.readouterr().err
     assert main(["train", "--preset", "nope"]) == 1
     assert main(["embed", "--help"]) == 0
+
+
+def test_stage_folders_follow_output_dir_unless_set(tmp_path):
+    from facelab.core.recipe import parse_with_presets
+    from facelab.duetface.train import DuetFaceConfig, duetface_presets
+
+    def parse(*argv):
+        return parse_with_presets(DuetFaceConfig, duetface_presets(), list(argv), "t", "")
+
+    cfg = parse("--preset", "toy", "--output-dir", str(tmp_path / "run"))
+    assert cfg.stage("client_train").output_dir == str(tmp_path / "run" / "stage_a")
+    assert cfg.stage("server_train").output_dir == str(tmp_path / "run" / "stage_b")
+    explicit = parse(
+        "--output-dir", str(tmp_path / "run"), "--client-train.output-dir", "elsewhere"
+    )
+    assert explicit.stage("client_train").output_dir == "elsewhere"
+    assert explicit.stage("server_train").output_dir == str(tmp_path / "run" / "stage_b")

@@ -172,8 +172,65 @@ def _run(small: bool) -> list[dict[str, Any]]:
             f"comparisons/s, 1 thread; {t_search / n_probe:.3g} s per probe over N; top-10",
         )
     )
+    if torch.cuda.is_available():
+        rows += _cuda_rows(t, w, k, gallery, gkeys, n_ref / t_ref)
     for r in rows:
         for key in ("ours/s", "reference/s", "speedup"):
             if not math.isfinite(r[key]):
                 r[key] = float("nan")
     return rows
+
+
+def _cuda_rows(
+    t: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    gallery: torch.Tensor,
+    gkeys: torch.Tensor,
+    ref_pairs_per_s: float,
+) -> list[dict[str, Any]]:
+    """The same protect / match / 1:N search on the GPU (the gallery moved there in float16),
+    against the CPU per-template loop measured above."""
+    from facelab.slerpface import match, protect, search
+
+    dev = torch.device("cuda")
+    tc, wc, kc = t.to(dev), w.to(dev), k.to(dev)
+    n = tc.shape[0]
+    t_protect = measure(lambda: protect(tc, wc, kc), 10, warmup=2, device=dev)
+    p = protect(tc, wc, kc)
+    q = tc + 0.5 * torch.randn_like(tc)
+    t_match = measure(lambda: match(p, q, wc, kc), 10, warmup=2, device=dev)
+    g, gk = gallery.to(dev), gkeys.to(dev)
+    n_probe = 64
+    probes, pw, _ = _data(n_probe, seed=3)
+    probes, pw = probes.to(dev), pw.to(dev)
+    t_search = measure(
+        lambda: search(g, gk, probes, pw, top_k=10, check_gallery=False), 3, warmup=1, device=dev
+    )
+    name = torch.cuda.get_device_name(dev)
+    return [
+        _row(
+            f"slerpface protect, B={n} ({name})",
+            "protect (vectorized, CUDA)",
+            "per-template numpy loop (CPU, 1 thread)",
+            n / t_protect,
+            float("nan"),
+            "templates/s on the GPU",
+        ),
+        _row(
+            f"slerpface match 1:1, B={n} ({name})",
+            "match (vectorized, CUDA)",
+            "per-pair numpy loop (CPU, 1 thread)",
+            n / t_match,
+            ref_pairs_per_s,
+            "pairs/s on the GPU",
+        ),
+        _row(
+            f"slerpface 1:N search, N={g.shape[0]:,} (float16 on the GPU), {n_probe} probes",
+            "search (chunked bmm expansion, CUDA)",
+            "per-pair numpy loop (CPU, 1 thread)",
+            n_probe * g.shape[0] / t_search,
+            ref_pairs_per_s,
+            f"comparisons/s; {1e3 * t_search / n_probe:.3g} ms per probe over N; top-10",
+        ),
+    ]

@@ -19,6 +19,7 @@ Runs alternate between the two sides; medians over the repeats are reported.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import statistics
 import tempfile
@@ -81,8 +82,10 @@ def _paired_runs(
     steps: int,
     repeat: int,
     device: torch.device,
+    bf16: bool = False,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Seconds per hot-loop step and per whole fit, for "ours" and "ref", ``repeat`` times."""
+    """Seconds per hot-loop step and per whole fit, for "ours" and "ref", ``repeat`` times
+    (``bf16``: both sides under bf16 autocast, ours through the config's mixed_precision)."""
     from facelab.core.train import TrainConfig, Trainer
 
     total = 2 * steps
@@ -110,10 +113,13 @@ def _paired_runs(
             momentum=0.9,
             weight_decay=5e-4,
             scheduler="constant",
+            mixed_precision="bf16" if bf16 else "no",
             progress=False,
             save_on_exit=False,
         )
-        Trainer(cfg, model, ce, data).fit()
+        # a copy: preparing for bf16 wraps the module's forward in autocast for good, which
+        # would then also slow down the reference loop that trains ``model`` itself
+        Trainer(cfg, copy.deepcopy(model) if bf16 else model, ce, data).fit()
         return marks
 
     def reference(k: int) -> list[float]:
@@ -134,7 +140,9 @@ def _paired_runs(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             mark(i, marks, k)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            F.cross_entropy(logits.float(), y).backward()
             opt.step()
         return marks
 
@@ -166,7 +174,8 @@ def run_trainer_overhead(small: bool) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     batch, classes = 32, 16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = "CPU time, 1 thread" if device.type == "cpu" else "wall time"
+    cuda = device.type == "cuda"
+    kind = "CPU time, 1 thread" if not cuda else "wall time, bf16 autocast"
     # n: the hot loop spans steps n .. 2n-2; iresnet50 on one CPU thread takes 15+ s a step,
     # so the full size is meant for a GPU and stays minimal on CPU
     steps, repeat = (12, 7) if small else ((20, 3) if device.type == "cuda" else (2, 1))
@@ -175,7 +184,7 @@ def run_trainer_overhead(small: bool) -> list[dict[str, Any]]:
     data = TensorDataset(
         torch.randn(batch * total, 3, size, size), torch.randint(0, classes, (batch * total,))
     )
-    hot, whole = _paired_runs(model, data, batch, steps, repeat, device)
+    hot, whole = _paired_runs(model, data, batch, steps, repeat, device, bf16=cuda)
     per_ours, per_ref = statistics.median(hot["ours"]), statistics.median(hot["ref"])
     # ratio of each adjacent (reference, ours) pair, then the median: robust to load drifts
     ratio = statistics.median(r / o for r, o in zip(hot["ref"], hot["ours"]))

@@ -314,6 +314,29 @@ def _compact_kernel(lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
+@lru_cache(maxsize=8)
+def _compact_kernel_on(
+    lo: float, hi: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = _compact_kernel(lo, hi)
+    return weight.to(device, dtype), bias.to(device, dtype)
+
+
+def _compact_encode(images: torch.Tensor, lo: float, hi: float, conv: bool | None = None):
+    """Compact encode in one pass: a strided convolution on CPU (oneDNN's is the fastest CPU
+    form), elsewhere one matmul over the blocks (cuDNN runs the convolution in TF32 by default,
+    about 1e-4 relative error, where a float32 matmul stays float32; measured on an H100 it is
+    also 1.7x faster). ``conv`` forces one form (tests compare them)."""
+    weight, bias = _compact_kernel_on(lo, hi, images.device, images.dtype)
+    if conv if conv is not None else images.device.type == "cpu":
+        return F.conv2d(images, weight, bias, stride=BLOCK)
+    b, c, h, w = images.shape
+    hb, wb = h // BLOCK, w // BLOCK
+    blocks = images.reshape(b, c, hb, BLOCK, wb, BLOCK).permute(0, 2, 4, 1, 3, 5)
+    out = torch.addmm(bias, blocks.reshape(b * hb * wb, -1), weight.view(NUM_CHANNELS, -1).T)
+    return out.view(b, hb, wb, NUM_CHANNELS).permute(0, 3, 1, 2).contiguous()
+
+
 CodecMode = Literal["reference", "compact"]
 
 
@@ -388,9 +411,7 @@ class FrequencyCodec:
             expect_range(images, *self.input_range, "images")
         if self.mode == "compact" and images.dtype in (torch.float32, torch.float64):
             # one fused pass (colour + level shift + block DCT); equals the path below
-            weight, bias = _compact_kernel(*self.input_range)
-            dev, dt = images.device, images.dtype
-            return F.conv2d(images, weight.to(dev, dt), bias.to(dev, dt), stride=BLOCK)
+            return _compact_encode(images, *self.input_range)
         # [0,1] -> [0,255] -> YCbCr - 128, all at the native resolution (see module docstring)
         ycc = rgb_to_ycbcr(self._to_unit(images) * 255.0) - 128.0
         if self.mode == "compact":

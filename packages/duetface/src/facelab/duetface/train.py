@@ -91,16 +91,18 @@ def _paper_stage(output_dir: str) -> TrainConfig:
 
 @dataclass
 class DuetFaceConfig:
-    """The whole recipe. Each stage checkpoints into its own ``output_dir``; the trained
+    """The whole recipe. Each stage checkpoints into its own ``output_dir`` (left empty, the
+    default: ``output_dir/stage_a`` and ``output_dir/stage_b``, see ``stage``); the trained
     bundle (client, interface convs, server) and ``metrics.json`` go to ``output_dir``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: DuetFaceModelConfig = field(default_factory=DuetFaceModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    client_train: TrainConfig = field(default_factory=lambda: _paper_stage("runs/duetface/stage_a"))
-    """stage A (client alone)"""
-    server_train: TrainConfig = field(default_factory=lambda: _paper_stage("runs/duetface/stage_b"))
-    """stage B (server with the frozen client); the RGB baseline uses the same settings"""
+    client_train: TrainConfig = field(default_factory=lambda: _paper_stage(""))
+    """stage A (client alone); empty output_dir: output_dir/stage_a"""
+    server_train: TrainConfig = field(default_factory=lambda: _paper_stage(""))
+    """stage B (server with the frozen client; empty output_dir: output_dir/stage_b); the RGB
+    baseline uses the same settings"""
     output_dir: str = "runs/duetface"
     client: str | None = None
     """a saved ClientModel directory: skip stage A and use it"""
@@ -111,6 +113,16 @@ class DuetFaceConfig:
     cache_train_images: bool = False
     """render toyfaces training images once and keep them in memory (small toy sets)"""
     eval_batch_size: int = 128
+
+    def stage(self, name: str) -> TrainConfig:
+        """``client_train`` or ``server_train`` with its output folder resolved (an empty one
+        follows ``output_dir``; resolved here, not at construction, so that ``--output-dir`` on
+        top of a preset moves the stages too)."""
+        sub = {"client_train": "stage_a", "server_train": "stage_b"}[name]
+        stage = getattr(self, name)
+        if stage.output_dir:
+            return stage
+        return dataclasses.replace(stage, output_dir=str(Path(self.output_dir) / sub))
 
 
 def duetface_presets() -> dict[str, DuetFaceConfig]:
@@ -146,8 +158,8 @@ def duetface_presets() -> dict[str, DuetFaceConfig]:
             server_base_width=16,
             embedding_size=64,
         ),
-        client_train=toy_stage("runs/duetface-toy/stage_a", 10),
-        server_train=toy_stage("runs/duetface-toy/stage_b", 10),
+        client_train=toy_stage("", 10),
+        server_train=toy_stage("", 10),
         output_dir="runs/duetface-toy",
         cache_train_images=True,
         eval_batch_size=256,
@@ -240,7 +252,7 @@ def train_client(
         low = encode.client_channels(images)
         return margin_loss(modules["head"], modules["client"](low), labels)
 
-    trainer = Trainer(cfg.client_train, {"client": client, "head": head}, loss_fn, dataset)
+    trainer = Trainer(cfg.stage("client_train"), {"client": client, "head": head}, loss_fn, dataset)
     result = trainer.fit(resume=cfg.resume)
     model = trainer.unwrap("client")
     return StageResult(model, result, time.perf_counter() - t0)
@@ -261,7 +273,7 @@ def train_server(
     ``train_cfg`` overrides ``cfg.server_train`` (e.g. another output folder).
     """
     t0 = time.perf_counter()
-    stage_cfg = train_cfg or cfg.server_train
+    stage_cfg = train_cfg or cfg.stage("server_train")
     with torch.random.fork_rng(devices=[]):
         # initialisation from the stage seed alone; head and backbone first, so a plain and an
         # interactive server of the same seed start from the same weights
@@ -318,7 +330,7 @@ def baseline_config(cfg: DuetFaceConfig) -> ArcFaceConfig:
         dropout=cfg.model.dropout,
         head=cfg.head,
         train=dataclasses.replace(
-            cfg.server_train, output_dir=str(Path(cfg.output_dir) / "rgb_baseline")
+            cfg.stage("server_train"), output_dir=str(Path(cfg.output_dir) / "rgb_baseline")
         ),
         eval_batch_size=cfg.eval_batch_size,
         resume=cfg.resume,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import (
     DistributedDataParallelKwargs,
@@ -870,6 +870,10 @@ def _make_accelerator(cfg: TrainConfig) -> Accelerator:
             DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)
         ],
         step_scheduler_with_optimizer=False,
+        # batches come from pinned memory on CUDA (see _loader): copy them asynchronously, or
+        # every step's copy waits for the previous step's kernels and the host cannot queue
+        # ahead (measured: +32% step time for iresnet50 bf16 at batch 32 on an H100)
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
     )
 
 
