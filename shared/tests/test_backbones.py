@@ -1,4 +1,6 @@
 import math
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +249,58 @@ def test_iresnet_features_bn_weight_frozen_at_one():
     assert torch.equal(model.features.weight, torch.ones(512))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "features.weight" not in trainable and "features.bias" in trainable
+
+
+INSIGHTFACE_REFERENCE = Path(__file__).parent / "data" / "insightface_iresnet_reference.safetensors"
+
+
+def seeded_state_dict(template):
+    """Deterministic float64 weights for an insightface-named iresnet state_dict: numpy's
+    legacy ``RandomState`` (whose streams numpy keeps fixed) seeded by each key's CRC32, scaled
+    per kind of tensor so that the activations of a 100-layer net stay finite and informative.
+    data/make_insightface_reference.py fills insightface's own model with the same function."""
+    out = {}
+    for key, t in template.items():
+        shape = tuple(t.shape)
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros((), dtype=torch.long)
+            continue
+        rs = np.random.RandomState(zlib.crc32(key.encode()))
+        if key.endswith("running_var"):
+            v = rs.uniform(0.5, 1.5, shape)
+        elif key.endswith("running_mean"):
+            v = 0.1 * rs.standard_normal(shape)
+        elif key.endswith("prelu.weight"):
+            v = 0.25 + 0.05 * rs.standard_normal(shape)
+        elif key.endswith(".weight") and len(shape) == 1:  # BatchNorm scale
+            v = 1.0 + 0.1 * rs.standard_normal(shape)
+        elif key.endswith(".bias"):
+            v = 0.1 * rs.standard_normal(shape)
+        else:  # convolution and fc weights
+            v = rs.standard_normal(shape) / math.sqrt(math.prod(shape[1:]))
+        out[key] = torch.from_numpy(np.asarray(v, dtype=np.float64))
+    return out
+
+
+def reference_input():
+    return torch.from_numpy(np.random.RandomState(0).uniform(-1, 1, (2, 3, 112, 112)))
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 100])
+def test_iresnet_equals_insightface_outputs(depth):
+    """Same weights, same input: the embedding insightface's own iresnet computed (stored by
+    data/make_insightface_reference.py, float64) equals ours to float64 round-off."""
+    from safetensors import safe_open
+
+    with safe_open(str(INSIGHTFACE_REFERENCE), "pt") as f:
+        expected = f.get_tensor(f"r{depth}")
+    model = get_backbone(f"r{depth}").double().eval()
+    model.load_state_dict(seeded_state_dict(model.state_dict()), strict=True)
+    with torch.no_grad():
+        ours = model(reference_input())
+    assert ours.shape == expected.shape == (2, 512)
+    assert expected.abs().max() > 0.1 and not torch.allclose(expected[0], expected[1], atol=0.1)
+    close(ours, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
 
 
 def test_iresnet18_matches_functional_reference():
