@@ -97,17 +97,36 @@ def run_slerpface_speed(small: bool) -> list[dict[str, Any]]:
     Both sides run on one thread: the numpy loop on 16-dim vectors cannot use more, and on a
     busy machine torch's intra-op threads spin against other processes (an elementwise op can
     get 30x slower with 2 threads on 2 shared cores), which would measure the machine's load
-    rather than the code.
+    rather than the code. Protect and match are also timed with torch's default thread count
+    (what a user gets) in extra rows, against the same single-threaded loop.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(small)
+        return _run(small, threads)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(small: bool) -> list[dict[str, Any]]:
+def _all_threads_row(
+    label: str, fn: Any, n: int, ref_per_s: float, threads: int, repeat: int
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    try:
+        t = measure(fn, repeat)
+    finally:
+        torch.set_num_threads(1)
+    return _row(
+        f"{label}, {threads} threads",
+        "vectorized, torch default threads",
+        "per-template numpy loop (1 thread)",
+        n / t,
+        ref_per_s,
+        "the same, with torch's default intra-op threads (the loop cannot use more)",
+    )
+
+
+def _run(small: bool, threads: int = 1) -> list[dict[str, Any]]:
     from facelab.slerpface import match, protect, search
 
     n_ours = 1024 if small else 8192
@@ -132,6 +151,17 @@ def _run(small: bool) -> list[dict[str, Any]]:
             "templates/s, 1 thread each; goal speedup >= 100",
         )
     )
+    if threads > 1:
+        rows.append(
+            _all_threads_row(
+                f"slerpface protect, B={n_ours}",
+                lambda: protect(t, w, k, generator=gen),
+                n_ours,
+                n_ref / t_ref,
+                threads,
+                repeat,
+            )
+        )
 
     # 1:1 match
     p = protect(t, w, k, generator=gen)
@@ -151,6 +181,17 @@ def _run(small: bool) -> list[dict[str, Any]]:
             f"pairs/s, 1 thread each; max |score diff| vs reference {err:.1e}; goal >= 100",
         )
     )
+    if threads > 1:
+        rows.append(
+            _all_threads_row(
+                f"slerpface match 1:1, B={n_ours}",
+                lambda: match(p, q, w, k),
+                n_ours,
+                n_ref / t_ref,
+                threads,
+                repeat,
+            )
+        )
 
     # 1:N search
     n_gallery = 20_000 if small else 1_000_000

@@ -124,10 +124,12 @@ def match(
         sl = slice(i, i + BLOCK)
         gb = g[sl].to(device=q.device, dtype=dt)
         r = slerp_block(q[sl], k[sl], alpha - w[sl], dt, q, k, ("probe_templates", "keys"))
-        r = r.mul_(gb != 0)
-        n = torch.linalg.vector_norm(r, dim=-1)
+        # g is zero where the gallery dropped a coordinate, so g.r needs no mask
+        dots = torch.linalg.vecdot(gb, r)  # (b, m)
+        # the norm of r on the kept coordinates: r * sign(g) has the same magnitudes there and
+        # zeros elsewhere (one cheap pass; a bool mask costs 2.5x as much on CPU)
+        n = torch.linalg.vector_norm(r.mul_(gb.sign()), dim=-1)
         # a group the gallery dropped entirely (zero weight) contributes 0
-        dots = torch.linalg.vecdot(gb, r)  # (b, m): one fused pass, no tiny bmm per group
         scores[sl] = (dots / n.clamp_min(torch.finfo(dt).tiny)).sum(-1)
     return MatchResult(scores, score_to_distance(scores))
 

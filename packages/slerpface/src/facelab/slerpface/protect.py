@@ -324,7 +324,7 @@ def slerp_groups(
     s_safe = s.clamp(min=_SMALL_SIN)
     coef_t = (torch.cos(phi) - sin_phi * c / s_safe) / nt
     coef_k = sin_phi / (s_safe * nk)
-    out = torch.addcmul(coef_t * t, coef_k, k)
+    out = (coef_t * t).addcmul_(coef_k, k)
     near = (s < _SMALL_SIN).squeeze(-1)
     if bool(near.any()):
         out[near] = slerp(t[near], k[near], alphas[near], check=False)
