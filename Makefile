@@ -14,7 +14,7 @@ PACKAGES := core $(METHODS) benchmarks
 pkg_dir = $(if $(filter core,$(1)),shared,$(if $(filter benchmarks,$(1)),benchmarks,packages/$(1)))
 pkg_name = facelab-$(1)
 
-.PHONY: help uv setup demo test test-all test-integration test-install lint format wheels bench clean $(addprefix test-,$(PACKAGES))
+.PHONY: help uv setup demo test test-all test-integration test-install lint format wheels bench gpu-check clean $(addprefix test-,$(PACKAGES))
 
 help:
 	@echo "make setup        install uv (if missing) and sync the whole workspace"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint         ruff check + ruff format --check"
 	@echo "make wheels       wheel + sdist of every package into dist/"
 	@echo "make bench        facelab bench speed"
+	@echo "make gpu-check    the CUDA path once (scripts/gpu_check.sh; needs a GPU)"
 
 uv:
 	@if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1; then \
@@ -81,6 +82,9 @@ wheels: uv
 
 bench: setup
 	$(UV) run --locked facelab bench speed
+
+gpu-check: setup
+	$(UV) run --locked scripts/gpu_check.sh results/gpu-check
 
 clean:
 	rm -rf dist results .pytest_cache .ruff_cache
