@@ -782,3 +782,14 @@ def test_two_cpu_processes_agree_resume_and_match_one_process(tmp_path):
     single = Trainer(cfg, script.make_model(), script.loss_fn, script.make_data())
     single.fit()
     assert_same_weights(w["rank0_a"], weights(single.unwrap()), atol=1e-5)
+
+
+def test_stage_config_fills_only_an_empty_folder(tmp_path):
+    from facelab.core.train import stage_config
+
+    empty = TrainConfig(output_dir="", max_steps=3)
+    filled = stage_config(empty, tmp_path, "stage1")
+    assert filled.output_dir == str(tmp_path / "stage1") and filled.max_steps == 3
+    assert empty.output_dir == ""  # a new config; the preset's stays as it was
+    kept = TrainConfig(output_dir=str(tmp_path / "mine"))
+    assert stage_config(kept, tmp_path, "stage1") is kept

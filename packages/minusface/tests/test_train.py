@@ -1,6 +1,7 @@
 """Recipe mechanics: the generator's 0.1x learning rate, the stage-1 loss, configs."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,7 +131,7 @@ def test_presets_and_bad_configs(tmp_path):
     assert paper.stage1.epochs == 24 and paper.backbone == "r18"
     assert paper.head == paper.stage1_head == HeadConfig()  # ArcFace s 64, m 0.5, both stages
     assert (paper.head.s, paper.head.m) == (64.0, 0.5)
-    assert paper.stage1.output_dir.endswith("stage1")
+    assert paper.stage("stage1").output_dir == str(Path("runs/minusface") / "stage1")
     for bad in (
         dict(domain="dct"),
         dict(stages="stage3"),
@@ -186,3 +187,19 @@ def test_initial_weights_depend_on_the_seed_alone(tmp_path):
     for prefix in ("s1.generator", "s1.recognizer", "s2.recognizer", "s2.head"):
         keys = [k for k in a if k.startswith(prefix) and a[k].is_floating_point()]
         assert not all(torch.equal(a[k], c[k]) for k in keys), prefix
+
+
+def test_stage_folders_follow_output_dir_unless_set(tmp_path):
+    from facelab.core.recipe import parse_with_presets
+
+    def parse(*argv):
+        return parse_with_presets(MinusFaceConfig, minusface_presets(), list(argv), "t", "")
+
+    cfg = parse("--preset", "toy", "--output-dir", str(tmp_path / "run"))
+    assert cfg.stage("stage1").output_dir == str(tmp_path / "run" / "stage1")
+    assert cfg.stage("stage2").output_dir == str(tmp_path / "run" / "stage2")
+    explicit = parse("--output-dir", str(tmp_path / "run"), "--stage2.output-dir", "elsewhere")
+    assert explicit.stage("stage2").output_dir == "elsewhere"
+    assert explicit.stage("stage1").output_dir == str(tmp_path / "run" / "stage1")
+    with pytest.raises(UnknownNameError):
+        cfg.stage("stage3")

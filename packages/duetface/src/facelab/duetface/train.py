@@ -47,7 +47,7 @@ from facelab.core.recipe import (
     train_arcface,
     write_json,
 )
-from facelab.core.train import TrainConfig, Trainer, TrainResult
+from facelab.core.train import TrainConfig, Trainer, TrainResult, stage_config
 from facelab.duetface.model import ClientModel, ServerModel
 from facelab.duetface.protocol import (
     CODEC_MODE,
@@ -119,10 +119,7 @@ class DuetFaceConfig:
         follows ``output_dir``; resolved here, not at construction, so that ``--output-dir`` on
         top of a preset moves the stages too)."""
         sub = {"client_train": "stage_a", "server_train": "stage_b"}[name]
-        stage = getattr(self, name)
-        if stage.output_dir:
-            return stage
-        return dataclasses.replace(stage, output_dir=str(Path(self.output_dir) / sub))
+        return stage_config(getattr(self, name), self.output_dir, sub)
 
 
 def duetface_presets() -> dict[str, DuetFaceConfig]:

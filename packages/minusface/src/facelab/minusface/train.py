@@ -51,7 +51,7 @@ from facelab.core.recipe import (
     to_jsonable,
     write_json,
 )
-from facelab.core.train import TrainConfig, Trainer, TrainResult
+from facelab.core.train import TrainConfig, Trainer, TrainResult, stage_config
 from facelab.core.train.data import mix_seed
 from facelab.minusface.client import MinusFacePipeline, protect_uint8
 from facelab.minusface.model import (
@@ -80,8 +80,8 @@ def _paper_data() -> DataConfig:
 class MinusFaceConfig:
     """The MinusFace recipe (defaults: the paper; ``--preset toy``: CPU minutes on toyfaces).
 
-    ``output_dir`` holds everything: ``stage1/`` and ``stage2/`` (trainer checkpoints; the
-    stages' own ``output_dir`` fields are set from it), ``generator/`` (the client model),
+    ``output_dir`` holds everything: ``stage1/`` and ``stage2/`` (trainer checkpoints, unless a
+    stage's own ``output_dir`` is set; see ``stage``), ``generator/`` (the client model),
     ``stage1_recognizer/``, ``recognizer/`` (the server model), ``baseline/`` (optional RGB
     ArcFace through the same recipe) and ``metrics.json``.
     """
@@ -109,8 +109,8 @@ class MinusFaceConfig:
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.01
     generator_lr_scale: float = 0.1
-    stage1: TrainConfig = field(default_factory=lambda: _paper_stage("runs/minusface/stage1"))
-    stage2: TrainConfig = field(default_factory=lambda: _paper_stage("runs/minusface/stage2"))
+    stage1: TrainConfig = field(default_factory=lambda: _paper_stage(""))
+    stage2: TrainConfig = field(default_factory=lambda: _paper_stage(""))
     stages: Stages = "both"
     """which stages to run; "stage2" needs generator_path"""
     generator_path: str | None = None
@@ -150,9 +150,13 @@ class MinusFaceConfig:
             )
         if self.resume not in (None, "latest"):
             raise RangeError(f"resume: expected None or 'latest', got {self.resume!r}")
-        out = Path(self.output_dir)
-        self.stage1 = dataclasses.replace(self.stage1, output_dir=str(out / "stage1"))
-        self.stage2 = dataclasses.replace(self.stage2, output_dir=str(out / "stage2"))
+
+    def stage(self, name: str) -> TrainConfig:
+        """``stage1`` or ``stage2`` with its checkpoint folder resolved (empty, the default:
+        ``output_dir/stage1`` or ``output_dir/stage2``; one set explicitly is kept)."""
+        if name not in ("stage1", "stage2"):
+            raise UnknownNameError(f"stage: expected 'stage1' or 'stage2', got {name!r}")
+        return stage_config(getattr(self, name), self.output_dir, name)
 
 
 def minusface_presets() -> dict[str, MinusFaceConfig]:
@@ -162,7 +166,7 @@ def minusface_presets() -> dict[str, MinusFaceConfig]:
         # AdamW and a margin-free normalized softmax: on a few hundred CPU steps the paper's
         # SGD + ArcFace (m = 0.5) does not get the stage-2 recognizer off the ground
         return TrainConfig(
-            output_dir="unused",  # set from MinusFaceConfig.output_dir
+            output_dir="",  # MinusFaceConfig.stage(): output_dir/stage1|stage2
             max_steps=steps,
             batch_size=32,
             optimizer="adamw",
@@ -328,7 +332,7 @@ def stage1_trainer(
         recognizer = build_recognizer(cfg, generator.channels)
         head = build_head(cfg.stage1_head, cfg.embedding_size, num_classes)
     return Trainer(
-        cfg.stage1,
+        cfg.stage("stage1"),
         {"generator": generator, "recognizer": recognizer, "head": head},
         stage1_loss_fn(cfg),
         dataset,
@@ -351,7 +355,7 @@ def stage2_trainer(
         recognizer = build_recognizer(cfg, 3 * cfg.n_duplicates)
         head = build_head(cfg.head, cfg.embedding_size, num_classes)
     return Trainer(
-        cfg.stage2,
+        cfg.stage("stage2"),
         {"generator": generator, "recognizer": recognizer, "head": head},
         stage2_loss_fn(cfg),
         dataset,

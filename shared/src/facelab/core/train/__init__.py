@@ -22,7 +22,7 @@ Run it as ``python train.py`` or ``accelerate launch --multi_gpu --num_processes
 """
 
 from facelab.core.train.checkpoint import latest_checkpoint, list_checkpoints, read_state
-from facelab.core.train.config import TrainConfig
+from facelab.core.train.config import TrainConfig, stage_config
 from facelab.core.train.data import EpochSampler, SeededBatches
 from facelab.core.train.schedule import LRSchedule, build_param_groups, build_schedule
 from facelab.core.train.trainer import (
@@ -46,4 +46,5 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "read_state",
+    "stage_config",
 ]

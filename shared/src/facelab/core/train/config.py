@@ -10,7 +10,8 @@ the ``Trainer`` knows the number of steps per epoch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from facelab.core.errors import FacelabTypeError, RangeError, UnknownNameError
@@ -152,6 +153,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (tuples become lists)."""
         return asdict(self)
+
+
+def stage_config(stage: TrainConfig, root: str | Path, name: str) -> TrainConfig:
+    """A multi-stage recipe's stage with its checkpoint folder resolved: an empty
+    ``output_dir`` becomes ``root/name``; one set explicitly is kept.
+
+    Recipes keep the stage folders empty in their presets and resolve them at train time, so
+    that ``--output-dir`` given on top of a preset moves every stage (a folder filled in when the
+    preset is built would become the command line's default and stay behind)."""
+    if stage.output_dir:
+        return stage
+    return replace(stage, output_dir=str(Path(root) / name))
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
