@@ -124,3 +124,26 @@ def test_bad_inputs(gallery):
     zq[1, 0] = 0
     with pytest.raises(ZeroVectorError, match="probe_templates"):
         search(p, keys, zq[:2], w[:2])
+
+
+def test_blockwise_match_and_protect_equal_the_reference(gallery, monkeypatch):
+    """Several blocks with a short last one (buffers reused across blocks): scores equal the
+    per-pair reference; a raw template in a later block is reported by its global index."""
+    import sys
+
+    t, w, _, keys, _ = gallery
+    match_mod = sys.modules["facelab.slerpface.match"]
+    protect_mod = sys.modules["facelab.slerpface.protect"]
+    monkeypatch.setattr(match_mod, "BLOCK", 16)
+    monkeypatch.setattr(protect_mod, "BLOCK", 16)
+    p = protect(t, w, keys, generator=torch.Generator().manual_seed(0))  # 60 rows: 16+16+16+12
+    assert torch.allclose(p.norm(dim=-1), w, atol=1e-12)
+    q = t.roll(1, 0)  # each probe: another row's raw template
+    ours = match(p, q, w, keys).scores.numpy()
+    np.testing.assert_allclose(
+        ours, reference_match(p.numpy(), q.numpy(), w.numpy(), keys.numpy()), atol=1e-10
+    )
+    bad = p.clone()
+    bad[37] = t[37]
+    with pytest.raises(FormatError, match="template 37 "):
+        match(bad, q, w, keys)

@@ -302,8 +302,10 @@ def slerp_groups(
     k: torch.Tensor,
     alphas: torch.Tensor,
     names: tuple[str, str] | None = ("templates", "keys"),
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unit ``slerp(t/|t|, k/|k|, alphas)`` per group of unnormalized ``(..., d)`` inputs.
+    """Unit ``slerp(t/|t|, k/|k|, alphas)`` per group of unnormalized ``(..., d)`` inputs
+    (written into ``out`` when given: a buffer of ``t``'s shape, dtype and device).
 
     Written as ``A t + B k`` with per-group coefficients ``A = (cos phi - sin phi cos th /
     sin th) / |t|``, ``B = sin phi / (sin th |k|)``, ``phi = alpha th``: two passes over the big
@@ -324,7 +326,8 @@ def slerp_groups(
     s_safe = s.clamp(min=_SMALL_SIN)
     coef_t = (torch.cos(phi) - sin_phi * c / s_safe) / nt
     coef_k = sin_phi / (s_safe * nk)
-    out = (coef_t * t).addcmul_(coef_k, k)
+    out = torch.mul(coef_t, t, out=out) if out is not None else coef_t * t
+    out.addcmul_(coef_k, k)
     near = (s < _SMALL_SIN).squeeze(-1)
     if bool(near.any()):
         out[near] = slerp(t[near], k[near], alphas[near], check=False)
@@ -390,7 +393,8 @@ def protect(
     for i in range(0, b, BLOCK):
         sl = slice(i, i + BLOCK)
         wb = w[sl]
-        p = slerp_block(t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"))
+        # computed in place in the output (no block-sized temporary to allocate)
+        p = slerp_block(t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"), out=out[sl])
         if dropped is None:
             keep = _keep_mask(wb, drop_rate, group_size, sampling, gap_base, generator)
         else:
@@ -402,7 +406,7 @@ def protect(
                 f"protect: {int((n <= 1e-12).sum())} group(s) are zero after dropout (every "
                 "kept coordinate of the rotated group is 0); the mask keeps too few coordinates"
             )
-        torch.mul(p, wb.unsqueeze(-1) / n, out=out[sl])
+        p.mul_(wb.unsqueeze(-1) / n)
     return out
 
 
@@ -418,11 +422,12 @@ def slerp_block(
     t_full: torch.Tensor,
     k_full: torch.Tensor,
     names: tuple[str, str],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``slerp_groups`` on one block; a bad input is reported against the whole batch (so the
     template index in the message is global)."""
     try:
-        return slerp_groups(tb.to(dt), kb.to(dt), alphas, names)
+        return slerp_groups(tb.to(dt), kb.to(dt), alphas, names, out=out)
     except FacelabError:
         for x, name in zip((t_full, k_full), names):
             expect_finite(x, name)
