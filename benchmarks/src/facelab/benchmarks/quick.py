@@ -258,22 +258,17 @@ def run(
         ):
             train_set, _ = toy_training_data(cfg.data)
             (eval_set,) = build_eval_sets(cfg.data)
-            attacker = ToyFaces(
-                s.attack_identities,
-                s.attack_images_per_identity,
-                size=size,
-                seed=seed,
-                identity_offset=ATTACK_OFFSET,
+            people = {
+                offset: ToyFaces(ids, per, size=size, seed=seed, identity_offset=offset)
+                for ids, per, offset in (
+                    (s.attack_identities, s.attack_images_per_identity, ATTACK_OFFSET),
+                    (s.victim_identities, s.victim_images_per_identity, VICTIM_OFFSET),
+                )
+            }
+            victims = people[VICTIM_OFFSET]
+            attack_images, victim_images = (
+                ds.render(torch.arange(len(ds))) for ds in people.values()
             )
-            victims = ToyFaces(
-                s.victim_identities,
-                s.victim_images_per_identity,
-                size=size,
-                seed=seed,
-                identity_offset=VICTIM_OFFSET,
-            )
-            attack_images = attacker.render(torch.arange(len(attacker)))
-            victim_images = victims.render(torch.arange(len(victims)))
 
         # ---- the ArcFace baseline
         base = bv = None

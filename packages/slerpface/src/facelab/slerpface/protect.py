@@ -326,8 +326,7 @@ def slerp_groups(
     s_safe = s.clamp(min=_SMALL_SIN)
     coef_t = (torch.cos(phi) - sin_phi * c / s_safe) / nt
     coef_k = sin_phi / (s_safe * nk)
-    out = torch.mul(coef_t, t, out=out) if out is not None else coef_t * t
-    out.addcmul_(coef_k, k)
+    out = torch.mul(coef_t, t, out=out).addcmul_(coef_k, k)
     near = (s < _SMALL_SIN).squeeze(-1)
     if bool(near.any()):
         out[near] = slerp(t[near], k[near], alphas[near], check=False)
