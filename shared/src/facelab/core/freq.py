@@ -35,7 +35,7 @@ from facelab.core.errors import (
     ShapeError,
     UnknownNameError,
     expect_finite,
-    expect_range,
+    expect_finite_in_range,
     expect_rank,
     expect_tensor,
 )
@@ -407,8 +407,7 @@ class FrequencyCodec:
                 f"images: compact mode needs height and width divisible by {BLOCK}, got {h}x{w}"
             )
         if self.check:
-            expect_finite(images, "images")
-            expect_range(images, *self.input_range, "images")
+            expect_finite_in_range(images, *self.input_range, "images")
         if self.mode == "compact" and images.dtype in (torch.float32, torch.float64):
             # one fused pass (colour + level shift + block DCT); equals the path below
             return _compact_encode(images, *self.input_range)

@@ -25,7 +25,7 @@ from facelab.core.errors import (
     FacelabTypeError,
     ShapeError,
     expect_finite,
-    expect_range,
+    expect_finite_in_range,
     expect_rank,
     expect_tensor,
 )
@@ -196,8 +196,7 @@ def _to_uint8_hwc(image: ImageLike, i: int) -> np.ndarray:
             return image.permute(1, 2, 0).cpu().numpy()
         if not image.is_floating_point():
             raise FacelabTypeError(f"images[{i}]: expected uint8 or float, got {image.dtype}")
-        expect_finite(image, f"images[{i}]")
-        expect_range(image, -1.0, 1.0, f"images[{i}]")
+        expect_finite_in_range(image, -1.0, 1.0, f"images[{i}]")
         u8 = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return u8.permute(1, 2, 0).numpy()
     raise FacelabTypeError(

@@ -19,8 +19,7 @@ from facelab.core.errors import (
     ShapeError,
     ZeroVectorError,
     describe,
-    expect_finite,
-    expect_range,
+    expect_finite_in_range,
 )
 
 
@@ -64,8 +63,7 @@ def _check_images(x: torch.Tensor, where: str) -> None:
             f"{where}: expected float images in [-1, 1], got dtype {x.dtype} (convert uint8 "
             f"with x / 127.5 - 1)"
         )
-    expect_finite(x, where)
-    expect_range(x, -1.0, 1.0, where)
+    expect_finite_in_range(x, -1.0, 1.0, where)
 
 
 def _batches(images: Any, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:

@@ -26,8 +26,8 @@ from facelab.core.errors import (
     FacelabTypeError,
     ShapeError,
     expect_finite,
+    expect_finite_in_range,
     expect_nonempty,
-    expect_range,
     expect_rank,
     expect_tensor,
 )
@@ -52,8 +52,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
     if x.shape[1] != _IMAGE_CHANNELS:
         raise ShapeError(f"{name}: expected 3 (RGB) channels at dim 1, got shape {tuple(x.shape)}")
     expect_nonempty(x, name)
-    expect_finite(x, name)
-    expect_range(x, -1.0, 1.0, f"{name} (RGB in [-1, 1])")
+    expect_finite_in_range(x, -1.0, 1.0, f"{name} (RGB in [-1, 1])")
     return x
 
 
