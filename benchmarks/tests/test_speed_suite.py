@@ -67,7 +67,7 @@ def test_speed_suite_small_writes_report(tmp_path, capsys, fake_producers):
         assert rows[name]["ours/s"] is None
     # the codec and the iresnet50 step are real, measured here
     codec = [r for r in data["rows"] if r["benchmark"].startswith("codec compact")]
-    assert len(codec) == 3 and all(r["ours/s"] > 0 and r["speedup"] > 0 for r in codec)
+    assert len(codec) == 4 and all(r["ours/s"] > 0 and r["speedup"] > 0 for r in codec)
     ref = [r for r in data["rows"] if r["benchmark"].startswith("codec reference")]
     assert len(ref) == 2 and all(r["ours/s"] > 0 for r in ref)
     assert "peak RSS not measured" in ref[0]["note"]  # --small: measured in this process
