@@ -221,6 +221,14 @@ def test_cli_end_to_end(trained, tmp_path):
     assert rows["slerpface"]["renew_revoked_refused"] is True
     assert 0 <= rows["slerpface"]["attack"]["ssim"] <= 1
     assert (report_dir / "unlinkability_slerpface.png").exists()
+    assert 0 <= rows["slerpface"]["d_sys_norms"] <= 1  # computed for group templates
+    sweep_out = tmp_path / "sweep.json"
+    argv = ["sweep", "--model", str(model_dir), "--alphas", "0.6", "1.0", "--num-identities", "10"]
+    argv += ["--images-per-identity", "3", "--num-pairs", "40", "--out", str(sweep_out)]
+    assert main(argv) == 0
+    swept = json.loads(sweep_out.read_text())["rows"]
+    assert [r["alpha"] for r in swept[:2]] == [0.6, 1.0] and len(swept) == 3
+    assert all(0 <= r["d_sys"] <= 1 for r in swept)
     assert (
         main(
             [

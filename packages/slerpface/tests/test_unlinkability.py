@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from facelab.core.errors import RangeError, ShapeError
+from facelab.core.errors import FormatError, RangeError, ShapeError
 from facelab.slerpface import get_protector, plot_unlinkability, unlinkability
-from facelab.slerpface.evaluate import link_scores
+from facelab.slerpface.baselines import link_group_norms
+from facelab.slerpface.evaluate import alpha_sweep, d_sys_with_null, link_scores, sweep_markdown
 
 
 def d_sys_reference(mated, nonmated, omega=1.0, bins=50):
@@ -95,3 +96,55 @@ def test_bad_inputs():
             torch.full((4, 3), 1 / 3),
             torch.arange(4),
         )
+
+
+def test_link_group_norms_equals_a_per_row_loop(make_ids):
+    t, w, _ = make_ids(n_ids=6, per_id=2, m=9)
+    prot = get_protector("slerpface")
+    keys = prot.new_keys(12, 9, 16, seed=3)
+    a = prot.enroll(t, w, keys, generator=torch.Generator().manual_seed(0))
+    b = prot.enroll(t.flip(0), w.flip(0), keys, generator=torch.Generator().manual_seed(1))
+    got = link_group_norms(a, b).double().numpy()
+    ga, gb = a["templates"].double().numpy(), b["templates"].double().numpy()
+    for i in range(12):
+        na = [np.sqrt(sum(v * v for v in ga[i, j])) for j in range(9)]
+        nb = [np.sqrt(sum(v * v for v in gb[i, j])) for j in range(9)]
+        ref = np.dot(na, nb) / (np.linalg.norm(na) * np.linalg.norm(nb))
+        assert got[i] == pytest.approx(ref, abs=1e-6)
+        # the stored group norms are the attention weights, whatever the key
+        np.testing.assert_allclose(na, w[i].double().numpy(), atol=1e-5)
+    with pytest.raises(FormatError, match="group templates"):
+        link_group_norms({"bits": torch.zeros(2, 8)}, a)
+
+
+def test_group_norms_link_identities_whose_weights_agree(make_ids):
+    """SlerpFace stores w_i as the norm of group i: identity-dependent attention weights link two
+    protections without any key; weights drawn independently of identity do not."""
+    t, w, labels = make_ids(n_ids=400, per_id=2)
+    prot = get_protector("slerpface")
+    mated, nonmated = link_scores(prot, t, w, labels, seed=0, link=link_group_norms)
+    linked, _ = d_sys_with_null(mated, nonmated)
+    w_free = torch.softmax(
+        0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(5)), -1
+    )
+    mated, nonmated = link_scores(prot, t, w_free, labels, seed=0, link=link_group_norms)
+    free, null = d_sys_with_null(mated, nonmated)
+    assert linked.d_sys > 0.8
+    assert free.d_sys < 0.3 and null < 0.2
+
+
+def test_alpha_sweep_trades_linkability_for_accuracy(make_ids):
+    t, w, labels = make_ids(n_ids=300, per_id=2, noise=1.2)
+    rows = alpha_sweep(t, w, labels, (0.5, 0.9, 1.0), num_pairs=600, seed=0)
+    assert [r["alpha"] for r in rows[:3]] == [0.5, 0.9, 1.0] and np.isnan(rows[3]["alpha"])
+    d = [r["d_sys"] for r in rows[:3]]
+    acc = [r["accuracy"] for r in rows[:3]]
+    assert d[0] > d[1] + 0.2 and d[0] > d[2] + 0.2  # rotating further hides more ...
+    assert acc[0] > acc[2]  # ... and costs accuracy
+    assert rows[3]["d_sys"] > 0.6  # the weights link whatever alpha is (null here ~0.1)
+    table = sweep_markdown(rows)
+    assert table.count("\n") == 6 and "group norms only" in table
+    with pytest.raises(RangeError, match="at least one"):
+        alpha_sweep(t, w, labels, ())
+    with pytest.raises(RangeError, match="alpha"):
+        alpha_sweep(t, w, labels, (1.5,))

@@ -17,6 +17,7 @@ from facelab.slerpface.baselines import (
     TemplateProtector,
     Unprotected,
     get_protector,
+    link_group_norms,
     weighted_template,
 )
 from facelab.slerpface.keys import KeyStore, generate_keys, generate_seeds
@@ -52,6 +53,8 @@ _LAZY = {
     "EvalConfig": "evaluate",
     "Report": "evaluate",
     "evaluate": "evaluate",
+    "alpha_sweep": "evaluate",
+    "sweep_markdown": "evaluate",
 }
 
 
@@ -86,6 +89,7 @@ __all__ = [
     "TemplateProtector",
     "Unlinkability",
     "Unprotected",
+    "alpha_sweep",
     "drop_counts",
     "drop_mask",
     "evaluate",
@@ -95,6 +99,7 @@ __all__ = [
     "group_drop_counts",
     "group_embedding",
     "group_slerp",
+    "link_group_norms",
     "match",
     "plot_unlinkability",
     "presets",
@@ -102,6 +107,7 @@ __all__ = [
     "score_matrix",
     "score_to_distance",
     "search",
+    "sweep_markdown",
     "train",
     "unlinkability",
     "weighted_template",

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import torch
 
 from facelab.core.errors import (
+    FormatError,
     KeyMismatchError,
     RangeError,
     ShapeError,
@@ -81,6 +82,24 @@ def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
+def link_group_norms(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Linkage by the group norms alone: the cosine of the ``(m,)`` vectors of per-group norms of
+    two stored group templates (``"templates"``, ``(n, m, d)``).
+
+    A SlerpFace template stores group ``i`` with norm ``w_i``, the attention weight of the
+    image, whatever the key; an attacker can compare those weights without any key."""
+    for x, name in ((a, "a"), (b, "b")):
+        if "templates" not in x or x["templates"].dim() != 3:
+            raise FormatError(
+                f"link_group_norms: {name} must hold group templates (n, m, d) under "
+                f"'templates', got keys {sorted(x)}"
+            )
+    return _cosine_rows(
+        torch.linalg.vector_norm(a["templates"].float(), dim=-1),
+        torch.linalg.vector_norm(b["templates"].float(), dim=-1),
+    )
+
+
 def _check_rows(keys: torch.Tensor, n: int, shape: tuple[int, ...], name: str = "keys") -> None:
     if keys.shape[0] != n or tuple(keys.shape[1:]) != shape:
         raise ShapeError(
@@ -93,6 +112,9 @@ class TemplateProtector(ABC):
 
     method: ClassVar[str]
     binary_scores: ClassVar[bool] = False
+    #: the stored template is ``(n, m, d)`` groups under ``"templates"`` (``link_group_norms``
+    #: applies)
+    group_templates: ClassVar[bool] = False
 
     @abstractmethod
     def new_keys(
@@ -172,6 +194,7 @@ class SlerpFaceProtector(TemplateProtector):
     """SlerpFace (see ``facelab.slerpface.protect``) behind the common interface."""
 
     method = "slerpface"
+    group_templates = True
 
     def __init__(
         self,
@@ -230,6 +253,7 @@ class Unprotected(TemplateProtector):
     """Stores the weighted unit groups as they are (no key)."""
 
     method = "unprotected"
+    group_templates = True
 
     def new_keys(self, n, num_groups, group_size, *, seed=None):
         return torch.zeros(n, 0)

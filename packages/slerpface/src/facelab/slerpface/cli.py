@@ -1,4 +1,4 @@
-"""``facelab slerpface train | extract | enroll | match | eval | attack``.
+"""``facelab slerpface train | extract | enroll | match | eval | sweep | attack``.
 
 Files that cross the trust boundary:
 
@@ -315,6 +315,32 @@ def eval_command(
     return 0
 
 
+def sweep(
+    model: str,
+    alphas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0),
+    num_identities: int = 200,
+    images_per_identity: int = 4,
+    num_pairs: int = 1200,
+    difficulty: str = "default",
+    drop_rate: float = 0.5,
+    seed: int = 0,
+    out: str | None = None,
+) -> int:
+    """SlerpFace's privacy / utility trade-off over alpha on toyfaces: accuracy, TAR@FAR, EER and
+    D_sys of the stored templates' direct linkage, plus D_sys of their group norms alone."""
+    from facelab.slerpface.evaluate import alpha_sweep, sweep_markdown
+
+    _, (t, w, labels, _), _ = _eval_sets(
+        model, num_identities, images_per_identity, difficulty, seed, 1
+    )
+    rows = alpha_sweep(t, w, labels, alphas, drop_rate=drop_rate, num_pairs=num_pairs, seed=seed)
+    print(sweep_markdown(rows))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"rows": rows}, indent=2))
+    return 0
+
+
 def attack(
     model: str,
     method: Method = "slerpface",
@@ -349,12 +375,13 @@ COMMANDS = {
     "enroll": enroll,
     "match": match,
     "eval": eval_command,
+    "sweep": sweep,
     "attack": attack,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """SlerpFace template protection: train, extract, enroll, match, eval, attack."""
+    """SlerpFace template protection: train, extract, enroll, match, eval, sweep, attack."""
     from facelab.core.cli import subcommands
 
     args = list(sys.argv[1:] if argv is None else argv)

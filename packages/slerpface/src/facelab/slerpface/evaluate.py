@@ -10,7 +10,9 @@ and its baselines on the same templates (ISO/IEC 24745 / 30136 criteria).
   versus images of two identities (non-mated), compared by the method's linkage function with
   no key (``TemplateProtector.link``); ``D_sys`` and ``D(s)`` (Gomez-Barrero et al. 2018), a plot
   of both score distributions, and ``d_sys_null``: the estimator's value on two halves of the
-  non-mated scores (its small-sample bias: what "0" looks like at this sample size);
+  non-mated scores (its small-sample bias: what "0" looks like at this sample size); for
+  methods that store group templates also ``D_sys`` of the group norms alone
+  (``link_group_norms``: SlerpFace stores the attention weights as the group norms);
 * irreversibility: core's ``InversionAttack`` trained on what the method stores (on the
   attacker's own identities, disjoint from the evaluated ones) and evaluated on held-out
   identities: SSIM/PSNR, identity leakage (cosine of recognizer embeddings of reconstruction and
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from facelab.core.errors import KeyMismatchError, RangeError
-from facelab.slerpface.baselines import TemplateProtector, get_protector
+from facelab.slerpface.baselines import TemplateProtector, get_protector, link_group_norms
 from facelab.slerpface.keys import KeyStore
 from facelab.slerpface.unlinkability import plot_unlinkability, unlinkability
 
@@ -89,6 +91,8 @@ class MethodReport:
     impostor_mean: float = math.nan
     d_sys: float = math.nan
     d_sys_null: float = math.nan
+    d_sys_norms: float = math.nan
+    d_sys_norms_null: float = math.nan
     attack: dict[str, float] = field(default_factory=dict)
     renew_old_accept: float = math.nan
     renew_new_accept: float = math.nan
@@ -173,9 +177,12 @@ def link_scores(
     labels: torch.Tensor,
     seed: int | None = None,
     nonmated_shifts: Sequence[int] = (1, 2, 3),
+    link: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mated and non-mated linkage scores: the first two images of every identity, each
-    protected under its own key (A and B); mated = A_i vs B_i, non-mated = A_i vs B_(i+s)."""
+    protected under its own key (A and B); mated = A_i vs B_i, non-mated = A_i vs B_(i+s).
+    ``link`` compares two stored templates (default: the method's ``prot.link``)."""
+    link = link or prot.link
     lab = labels.numpy()
     ids, first = np.unique(lab, return_index=True)
     counts = np.bincount(np.searchsorted(ids, lab))
@@ -197,12 +204,85 @@ def link_scores(
     for sl in _chunks(n, step):
         ga = prot.enroll(templates[a_idx[sl]], weights[a_idx[sl]], ka[sl], generator=gen)
         gb = prot.enroll(templates[b_idx[sl]], weights[b_idx[sl]], kb[sl], generator=gen)
-        mated.append(prot.link(ga, gb))
+        mated.append(link(ga, gb))
         for s in shifts:
             rows = (torch.arange(sl.start, sl.stop) + s) % n
             gs = prot.enroll(templates[b_idx[rows]], weights[b_idx[rows]], kb[rows], generator=gen)
-            nonmated.append(prot.link(ga, gs))
+            nonmated.append(link(ga, gs))
     return torch.cat(mated).double(), torch.cat(nonmated).double()
+
+
+def d_sys_with_null(
+    mated: torch.Tensor, nonmated: torch.Tensor, omega: float = 1.0
+) -> tuple[Any, float]:
+    """``unlinkability(mated, nonmated)`` and the estimator's null value: ``D_sys`` of two
+    halves of the non-mated scores (what "unlinkable" measures as at this sample size)."""
+    half = nonmated.shape[0] // 2
+    null = unlinkability(nonmated[:half], nonmated[half:], omega=omega)
+    return unlinkability(mated, nonmated, omega=omega), null.d_sys
+
+
+#: the alphas ``alpha_sweep`` and ``facelab slerpface sweep`` try by default
+SWEEP_ALPHAS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
+
+
+def alpha_sweep(
+    templates: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    alphas: Sequence[float] = SWEEP_ALPHAS,
+    *,
+    drop_rate: float = 0.5,
+    sampling: str = "replacement",
+    num_pairs: int = 600,
+    far: float = 1e-2,
+    omega: float = 1.0,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """SlerpFace's privacy / utility trade-off: for each ``alpha``, verification accuracy (10-fold),
+    TAR@FAR, EER and ``D_sys`` (with its null value) of the direct linkage of stored templates.
+
+    The last row (``alpha = nan``) is the group-norm linkage, which no ``alpha`` changes."""
+    from facelab.core.data.toyfaces import make_pairs
+
+    if not alphas:
+        raise RangeError("alphas: expected at least one value")
+    pairs = make_pairs(labels, num_pairs, seed=seed)
+    rows: list[dict[str, float]] = []
+    prot = None
+    for j, alpha in enumerate(alphas):
+        prot = get_protector("slerpface", alpha=alpha, drop_rate=drop_rate, sampling=sampling)
+        acc = accuracy(prot, templates, weights, pairs, far, seed * 1000 + j)
+        mated, nonmated = link_scores(prot, templates, weights, labels, seed * 1000 + 500 + j)
+        u, null = d_sys_with_null(mated, nonmated, omega)
+        row = {f: float(acc[f]) for f in ("accuracy", "accuracy_std", "tar_at_far", "eer")}
+        rows.append({"alpha": float(alpha), **row, "d_sys": u.d_sys, "d_sys_null": null})
+    mated, nonmated = link_scores(prot, templates, weights, labels, seed, link=link_group_norms)
+    u, null = d_sys_with_null(mated, nonmated, omega)
+    nan = math.nan
+    rows.append(
+        {"alpha": nan, "accuracy": nan, "accuracy_std": nan, "tar_at_far": nan, "eer": nan}
+        | {"d_sys": u.d_sys, "d_sys_null": null}
+    )
+    return rows
+
+
+def sweep_markdown(rows: Sequence[dict[str, float]], far: float = 1e-2) -> str:
+    """``alpha_sweep``'s rows as a markdown table."""
+    out = [
+        f"| alpha | acc (10-fold) | TAR@FAR={far:g} | EER | D_sys (null) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = f"{r['d_sys']:.3f} ({r['d_sys_null']:.3f})"
+        if math.isnan(r["alpha"]):
+            out.append(f"| group norms only (any alpha) | | | | {d} |")
+        else:
+            out.append(
+                f"| {r['alpha']:g} | {r['accuracy']:.4f} +- {r['accuracy_std']:.4f} "
+                f"| {r['tar_at_far']:.4f} | {r['eer']:.4f} | {d} |"
+            )
+    return "\n".join(out) + "\n"
 
 
 def renewability(
@@ -299,8 +379,9 @@ class Report:
 
     def markdown(self) -> str:
         head = (
-            "| method | acc (10-fold) | TAR@FAR | EER | D_sys (null) | leakage | attack success "
-            "| SSIM | renew: old / new accept |\n|---|---|---|---|---|---|---|---|---|"
+            "| method | acc (10-fold) | TAR@FAR | EER | D_sys (null) | D_sys norms (null) | leakage "
+            "| attack success | SSIM | renew: old / new accept |\n"
+            "|---|---|---|---|---|---|---|---|---|---|"
         )
         rows = [head]
         for r in self.methods:
@@ -308,6 +389,7 @@ class Report:
             rows.append(
                 f"| {r.method} | {r.accuracy:.4f} +- {r.accuracy_std:.4f} | {r.tar_at_far:.4f} "
                 f"| {r.eer:.4f} | {r.d_sys:.3f} ({r.d_sys_null:.3f}) "
+                f"| {r.d_sys_norms:.3f} ({r.d_sys_norms_null:.3f}) "
                 f"| {a.get('identity_leakage', math.nan):.3f} | {a.get('success_rate', math.nan):.3f} "
                 f"| {a.get('ssim', math.nan):.3f} | {r.renew_old_accept:.3f} / {r.renew_new_accept:.3f} |"
             )
@@ -351,13 +433,20 @@ def evaluate(
         log(f"[{name}] accuracy {rep.accuracy:.4f} +- {rep.accuracy_std:.4f}, EER {rep.eer:.4f}")
 
         mated, nonmated = link_scores(prot, templates, weights, labels, _seed(cfg, 40 + k))
-        u = unlinkability(mated, nonmated, omega=cfg.omega)
-        half = nonmated.shape[0] // 2
-        null = unlinkability(nonmated[:half], nonmated[half:], omega=cfg.omega)
-        rep.d_sys, rep.d_sys_null = u.d_sys, null.d_sys
-        log(f"[{name}] D_sys {u.d_sys:.3f} (null {null.d_sys:.3f})")
+        u, rep.d_sys_null = d_sys_with_null(mated, nonmated, cfg.omega)
+        rep.d_sys = u.d_sys
+        log(f"[{name}] D_sys {u.d_sys:.3f} (null {rep.d_sys_null:.3f})")
         if out_dir is not None:
             plot_unlinkability(u, out_dir / f"unlinkability_{name}.png", title=name)
+        if prot.group_templates:
+            mated, nonmated = link_scores(
+                prot, templates, weights, labels, _seed(cfg, 40 + k), link=link_group_norms
+            )
+            un, rep.d_sys_norms_null = d_sys_with_null(mated, nonmated, cfg.omega)
+            rep.d_sys_norms = un.d_sys
+            log(
+                f"[{name}] D_sys of the group norms {un.d_sys:.3f} (null {rep.d_sys_norms_null:.3f})"
+            )
 
         # the system threshold: the score at FAR = cfg.far on this method's impostor pairs
         s, same = acc["scores"], acc["same"]
