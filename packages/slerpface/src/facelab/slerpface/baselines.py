@@ -407,14 +407,14 @@ class IronMask(TemplateProtector):
         v = c - cos * u
         sin = v.norm(dim=-1, keepdim=True)
         v = torch.where(sin > 1e-12, v / sin.clamp_min(1e-12), torch.zeros_like(v))
-        # R = I + (cos - 1)(u u^T + v v^T) + sin (v u^T - u v^T); P = R Q, with u^T Q = x_hat^T
+        # R = I + (cos - 1)(u u^T + v v^T) + sin (v u^T - u v^T); P = R Q, with u^T Q = x_hat^T:
+        # P = Q + u a^T + v b^T, a = (cos - 1) x_hat - sin Q^T v, b = sin x_hat + (cos - 1) Q^T v,
+        # one rank-2 update of Q (never a D x D temporary beyond P itself)
         vq = torch.bmm(v.unsqueeze(1), q).squeeze(1)  # v^T Q
-        cm1, s = (cos - 1).unsqueeze(-1), sin.unsqueeze(-1)
-        p = (
-            q
-            + cm1 * (u.unsqueeze(-1) * x.unsqueeze(1) + v.unsqueeze(-1) * vq.unsqueeze(1))
-            + s * (v.unsqueeze(-1) * x.unsqueeze(1) - u.unsqueeze(-1) * vq.unsqueeze(1))
-        )
+        cm1 = cos - 1
+        a = cm1 * x - sin * vq
+        b = sin * x + cm1 * vq
+        p = torch.baddbmm(q, torch.stack((u, v), dim=-1), torch.stack((a, b), dim=1))
         return p.float()
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
