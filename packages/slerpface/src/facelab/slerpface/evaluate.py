@@ -38,7 +38,7 @@ import torch
 from facelab.core.errors import KeyMismatchError, RangeError
 from facelab.slerpface.baselines import TemplateProtector, get_protector, link_group_norms
 from facelab.slerpface.keys import KeyStore
-from facelab.slerpface.unlinkability import plot_unlinkability, unlinkability
+from facelab.slerpface.unlinkability import Unlinkability, plot_unlinkability, unlinkability
 
 METHODS: tuple[str, ...] = ("slerpface", "unprotected", "biohashing", "ironmask")
 #: IronMask stores an (m*d)^2 rotation per template: enroll/match it in chunks of this many
@@ -214,7 +214,7 @@ def link_scores(
 
 def d_sys_with_null(
     mated: torch.Tensor, nonmated: torch.Tensor, omega: float = 1.0
-) -> tuple[Any, float]:
+) -> tuple[Unlinkability, float]:
     """``unlinkability(mated, nonmated)`` and the estimator's null value: ``D_sys`` of two
     halves of the non-mated scores (what "unlinkable" measures as at this sample size)."""
     half = nonmated.shape[0] // 2
