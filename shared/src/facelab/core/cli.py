@@ -9,6 +9,7 @@ first line is the help text.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import distributions, entry_points
@@ -73,7 +74,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse/tyro exit codes pass through
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Exception as exc:
+        # bad input or a missing file: the message says what was expected and what came; a
+        # traceback would only bury it (set FACELAB_TRACEBACK=1 to get one). Anything else is
+        # a bug and keeps its traceback.
+        if not _is_input_error(exc) or os.environ.get("FACELAB_TRACEBACK"):
+            raise
+        print(f"facelab {name}: error: {exc}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    """A ``FacelabError`` (bad input) or a missing file. ``facelab.core.errors`` imports torch,
+    so it is looked up, not imported: whatever raised a ``FacelabError`` has loaded it."""
+    errors = sys.modules.get("facelab.core.errors")
+    return isinstance(exc, FileNotFoundError) or (
+        errors is not None and isinstance(exc, errors.FacelabError)
+    )
 
 
 def version_command(argv: Sequence[str]) -> int:
