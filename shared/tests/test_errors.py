@@ -12,6 +12,7 @@ from facelab.core.errors import (
     expect_finite,
     expect_finite_in_range,
     expect_range,
+    extremes,
 )
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -77,3 +78,11 @@ def test_expect_range_on_integer_tensor():
     expect_range(torch.tensor([0, 255], dtype=torch.uint8), 0, 255, "x")
     with pytest.raises(RangeError, match="max 255"):
         expect_range(torch.tensor([0, 255], dtype=torch.uint8), 0, 1, "x")
+
+
+def test_extremes_equal_a_python_min_and_max():
+    x = torch.randn(7, 13, dtype=torch.float64)
+    values = x.flatten().tolist()
+    assert extremes(x) == (min(values), max(values))
+    x[3, 5] = float("nan")
+    assert all(math.isnan(v) for v in extremes(x))

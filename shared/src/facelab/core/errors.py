@@ -85,8 +85,9 @@ def expect_size(x: torch.Tensor, dim: int, size: int, name: str, what: str = "si
         raise ShapeError(f"{name}: expected {what} {size} at dim {dim}, got shape {tuple(x.shape)}")
 
 
-def _extremes(x: torch.Tensor) -> tuple[float, float]:
-    """min and max in one pass and one device sync; NaN propagates to both, +-Inf shows."""
+def extremes(x: torch.Tensor) -> tuple[float, float]:
+    """``(min, max)`` of a non-empty tensor as Python numbers, in one pass and one device sync;
+    a NaN anywhere makes both NaN, +-Inf shows as an end."""
     lo, hi = torch.aminmax(x)
     return tuple(torch.stack((lo, hi)).tolist())  # type: ignore[return-value]
 
@@ -111,7 +112,7 @@ def expect_finite(x: torch.Tensor, name: str) -> None:
     size of ``x`` (on CPU ~25x slower for a batch of images)."""
     if not x.is_floating_point() or x.numel() == 0:
         return
-    xmin, xmax = _extremes(x)
+    xmin, xmax = extremes(x)
     if not (math.isfinite(xmin) and math.isfinite(xmax)):
         _raise_nonfinite(x, name)
 
@@ -121,7 +122,7 @@ def expect_range(x: torch.Tensor, lo: float, hi: float, name: str, tol: float = 
     NaN fails the check (it compares false with both bounds)."""
     if x.numel() == 0:
         return
-    xmin, xmax = _extremes(x)
+    xmin, xmax = extremes(x)
     _check_extremes(xmin, xmax, lo, hi, name, tol)
 
 
@@ -131,7 +132,7 @@ def expect_finite_in_range(
     """``expect_finite`` then ``expect_range`` with one pass over ``x`` and one sync."""
     if x.numel() == 0:
         return
-    xmin, xmax = _extremes(x)
+    xmin, xmax = extremes(x)
     if x.is_floating_point() and not (math.isfinite(xmin) and math.isfinite(xmax)):
         _raise_nonfinite(x, name)
     _check_extremes(xmin, xmax, lo, hi, name, tol)

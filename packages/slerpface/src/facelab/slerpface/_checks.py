@@ -19,6 +19,7 @@ from facelab.core.errors import (
     expect_finite,
     expect_nonempty,
     expect_tensor,
+    extremes,
 )
 
 # softmax weights computed in float32 sum to 1 within ~1e-6; anything further off is not a
@@ -61,7 +62,7 @@ def as_groups(x: object, group_size: int, name: str, *, finite: bool = True) -> 
 def check_group_norms(norms: torch.Tensor, x: torch.Tensor, name: str) -> None:
     """Validate ``x`` through its group norms: a NaN/Inf entry makes its group's norm non-finite
     and a zero group has norm 0, so one check on the small norm tensor covers both."""
-    lo, hi = torch.stack(tuple(torch.aminmax(norms))).tolist()  # one pass, one sync
+    lo, hi = extremes(norms)  # one pass, one sync
     if lo > 1e-12 and math.isfinite(hi):  # a NaN propagates to both ends and fails lo > 1e-12
         return
     expect_finite(x, name)

@@ -35,6 +35,7 @@ from facelab.core.errors import (
     ZeroVectorError,
     expect_finite,
     expect_tensor,
+    extremes,
 )
 from facelab.slerpface._checks import (
     as_groups,
@@ -92,7 +93,7 @@ def _check_mass(g: torch.Tensor, whole: torch.Tensor, offset: int, name: str) ->
     group norms summing to 1."""
     wide = torch.float64 if g.dtype == torch.float64 else torch.float32
     mass = torch.linalg.vector_norm(g, dim=-1, dtype=wide).sum(-1)
-    lo, hi = torch.stack(tuple(torch.aminmax(mass))).tolist()  # one pass, one sync
+    lo, hi = extremes(mass)  # one pass, one sync
     if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN/Inf anywhere makes its mass so
         expect_finite(whole, name)
     if not (abs(lo - 1) <= _GALLERY_NORM_TOL and abs(hi - 1) <= _GALLERY_NORM_TOL):
