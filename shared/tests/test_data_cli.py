@@ -55,10 +55,10 @@ def test_pack_unpack_round_trip(tmp_path, capsys):
             np.testing.assert_array_equal(a, b)
 
     # refusing to clobber, clear errors on stderr with exit code 1
-    assert main(["pack", str(src), str(tmp_path / "rec")]) == 1
+    assert main(["pack", str(src), str(tmp_path / "rec")]) == 2
     assert "already exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["pack", str(tmp_path / "empty"), str(tmp_path / "rec3")]) == 1
+    assert main(["pack", str(tmp_path / "empty"), str(tmp_path / "rec3")]) == 2
     assert "empty dataset" in capsys.readouterr().err
 
 
@@ -78,7 +78,7 @@ def test_info_counts(tmp_path, capsys):
     assert main(["info", str(tmp_path / "v.bin")]) == 0
     out = capsys.readouterr().out
     assert "pairs: 2 (same 1, different 1)" in out and "images: 4" in out
-    assert main(["info", str(tmp_path / "nothing")]) == 1
+    assert main(["info", str(tmp_path / "nothing")]) == 2
     assert main(["--help"]) == 0
 
 

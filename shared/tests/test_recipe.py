@@ -127,7 +127,7 @@ def test_bad_data_config():
 
 def test_train_cli_reports_errors_cleanly(capsys):
     rc = recipe.train_main(["--preset", "toy", "--data.source", "/definitely/not/here"])
-    assert rc == 1
+    assert rc == 2
     assert "existing folder" in capsys.readouterr().err
 
 

@@ -96,9 +96,9 @@ def test_usage_and_errors(bundle, tmp_path, capsys):
     folder = ToyFaces(1, 2, size=48).write_folders(tmp_path / "big")
     rc = main(["embed", "--model", str(bundle / "bundle"), "--images", str(folder),
                "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
-    assert rc == 1
+    assert rc == 2
     assert "32x32" in capsys.readouterr().err
-    assert main(["train", "--preset", "nope"]) == 1
+    assert main(["train", "--preset", "nope"]) == 2
     assert main(["embed", "--help"]) == 0
 
 

@@ -180,8 +180,8 @@ def test_cli_errors(tmp_path, capsys):
     assert main([]) == 0
     assert "protect" in capsys.readouterr().out
     assert main(["unknown"]) == 2
-    assert main(["protect", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert main(["protect", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "expected a run directory" in capsys.readouterr().err
-    assert main(["train", "--preset", "nope"]) == 1
+    assert main(["train", "--preset", "nope"]) == 2
     with pytest.raises(SystemExit):
         main(["embed", "--help"])

@@ -258,7 +258,7 @@ def test_cli_end_to_end(run, tmp_path, capsys):
     SubsetPlan.generate(seed=3).save(tmp_path / "other" / "plan.json")
     (tmp_path / "other" / "model").symlink_to(run.output_dir / "model")
     rc = main(["eval", "--run", str(tmp_path / "other")])
-    assert rc == 1
+    assert rc == 2
     assert "plan" in capsys.readouterr().err
     assert main(["nope"]) == 2
     assert main(["--help"]) == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from facelab.benchmarks.methods import PPFR_METHODS
 from facelab.benchmarks.registry import SUITES, get_suite
+from facelab.core.cli import ArgumentParser
 
 FULL_SUITES = ("ppfr", "templates")
 _FULL_ONLY = (
@@ -38,7 +39,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="facelab bench",
         description=__doc__,
         epilog=EPILOG,
@@ -140,13 +141,12 @@ def main(argv: Sequence[str] = ()) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    from facelab.core.errors import FacelabError
+    from facelab.core.cli import bad_input_exit
 
     try:
         result = get_suite(args.suite)(**kwargs)
-    except FacelabError as err:
-        print(f"facelab bench {args.suite}: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        return bad_input_exit(f"facelab bench {args.suite}", err)
     path = result.write(kwargs["out"])
     print(result.table())
     if result.failed:

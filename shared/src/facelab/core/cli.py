@@ -9,11 +9,12 @@ first line is the help text.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import distributions, entry_points
-from typing import Any
+from typing import Any, NoReturn
 
 ENTRY_POINT_GROUP = "facelab.commands"
 
@@ -75,14 +76,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except Exception as exc:
-        # bad input or a missing file: the message says what was expected and what came; a
-        # traceback would only bury it (set FACELAB_TRACEBACK=1 to get one). Anything else is
-        # a bug and keeps its traceback.
-        if not _is_input_error(exc) or os.environ.get("FACELAB_TRACEBACK"):
-            raise
-        print(f"facelab {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return bad_input_exit(f"facelab {name}", exc)
     return int(rc or 0)
+
+
+#: exit status of every facelab command that ends on bad input (argparse's usage errors too)
+EXIT_BAD_INPUT = 2
+
+
+def bad_input_exit(prog: str, exc: Exception) -> int:
+    """End a command on bad input: one line ``<prog>: error: <message>`` on stderr, and
+    ``EXIT_BAD_INPUT``. The message says what was expected and what came; a traceback would
+    only bury it (``FACELAB_TRACEBACK=1`` re-raises to show one). Anything that is not bad
+    input is a bug and is re-raised with its traceback."""
+    if not _is_input_error(exc) or os.environ.get("FACELAB_TRACEBACK"):
+        raise exc
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for facelab commands: a usage error ends like any bad input, with one line
+    ``<prog>: error: <message>`` on stderr and ``EXIT_BAD_INPUT`` (argparse would print the
+    whole usage first; ``--help`` still shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def _is_input_error(exc: BaseException) -> bool:
@@ -90,7 +109,7 @@ def _is_input_error(exc: BaseException) -> bool:
     so it is looked up, not imported: whatever raised a ``FacelabError`` has loaded it."""
     errors = sys.modules.get("facelab.core.errors")
     return isinstance(exc, FileNotFoundError) or (
-        errors is not None and isinstance(exc, errors.FacelabError)
+        errors is not None and isinstance(exc, errors.FacelabError | errors.FacelabTypeError)
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -469,12 +468,14 @@ def parse_with_presets(
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:
-    """Run a command body; facelab errors print one clear line and exit 1."""
+    """Run a command body; bad input (a ``FacelabError`` or a missing file) prints one clear
+    line and exits 2 (``facelab.core.cli.bad_input_exit``); bugs keep their traceback."""
+    from facelab.core.cli import bad_input_exit
+
     try:
         return int(fn() or 0)
-    except FacelabError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        return bad_input_exit(prog, exc)
 
 
 def train_main(argv: Sequence[str] = ()) -> int:

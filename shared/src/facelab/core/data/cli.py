@@ -20,8 +20,6 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
-from facelab.core.errors import FacelabError
-
 NO_FACE_REPORT = "no_face.txt"
 
 FolderArg = Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="FOLDER")]
@@ -98,11 +96,11 @@ def align(
         overwrite: allow writing into a non-empty OUT.
     """
     from PIL import Image
-    from tqdm.auto import tqdm
 
     from facelab.core.data.align import FaceDetector, detect_and_align
     from facelab.core.data.folders import is_image_file
     from facelab.core.errors import FormatError
+    from facelab.core.progress import progress_bar
 
     if not input.is_dir():
         raise FormatError(f"{input}: expected a folder of images")
@@ -121,7 +119,7 @@ def align(
     detector = FaceDetector(device=device, min_face_size=min_face_size)
     out.mkdir(parents=True, exist_ok=True)
     no_face: list[str] = []
-    with tqdm(total=len(rel_paths), desc="align", unit="img") as bar:
+    with progress_bar(total=len(rel_paths), desc="align", unit="img") as bar:
         for start in range(0, len(rel_paths), batch_size):
             chunk = rel_paths[start : start + batch_size]
             images = []
@@ -214,20 +212,19 @@ COMMANDS = {"pack": pack, "unpack": unpack, "align": align, "info": info}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Data tools: pack | unpack | align | info (identity folders, RecordIO, .bin)."""
-    from facelab.core.cli import subcommands
+    from facelab.core.cli import EXIT_BAD_INPUT, bad_input_exit, subcommands
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         rc = subcommands("facelab data", COMMANDS, args, description=DESCRIPTION)
-    except FacelabError as exc:
+    except ImportError as exc:  # the [detect] extra missing: say which install step is needed
         print(f"facelab data: error: {exc}", file=sys.stderr)
-        return 1
-    except ImportError as exc:  # the [detect] extra missing
-        print(f"facelab data: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     except SystemExit as exc:  # --help and usage errors from tyro
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Exception as exc:
+        return bad_input_exit("facelab data", exc)
     return int(rc or 0)
 
 

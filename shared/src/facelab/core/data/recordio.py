@@ -667,7 +667,7 @@ def pack_identity_folders(
     and all must have the same size. Files are written under temporary names and renamed at
     the end, so a failed pack leaves no half-written ``train.rec``.
     """
-    from tqdm.auto import tqdm
+    from facelab.core.progress import progress_bar
 
     ds = IdentityFolderDataset(folder, index_file=index_file)
     out = Path(out)
@@ -685,7 +685,7 @@ def pack_identity_folders(
         ):
             w.write_idx(0, pack(IRHeader(0, [id_start, id_start + n_cls], 0, 0), b""))
             for key, ((path, label), rel) in enumerate(
-                tqdm(
+                progress_bar(
                     list(zip(ds.samples, ds.relative_paths)),
                     desc="pack",
                     unit="img",
@@ -782,7 +782,7 @@ def unpack_to_folders(
     the folder order equal to the label order, so packing the result again gives the same
     labels).
     """
-    from tqdm.auto import tqdm
+    from facelab.core.progress import progress_bar
 
     rec_dir, out = Path(rec_dir), Path(out)
     rec, idx = rec_dir / TRAIN_REC, rec_dir / TRAIN_IDX
@@ -807,7 +807,7 @@ def unpack_to_folders(
             )
         width = len(str(max(classes - 1, 0)))
         labels_seen: set[int] = set()
-        for key in tqdm(keys, desc="unpack", unit="img", disable=not progress):
+        for key in progress_bar(keys, desc="unpack", unit="img", disable=not progress):
             source = f"{rec} key {key}"
             header, img = unpack(reader.read_idx(key), source)
             label = _label_to_int(header.label, source)

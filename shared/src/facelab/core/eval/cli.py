@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.core.errors import FacelabError, FacelabTypeError, ShapeError
+from facelab.core.cli import ArgumentParser, bad_input_exit
+from facelab.core.errors import FacelabTypeError, ShapeError
 from facelab.core.eval.embed import embed
 from facelab.core.eval.metrics import IJB_FARS, RocCurve, roc
 from facelab.core.eval.report import EvalReport
@@ -212,7 +213,7 @@ def evaluate_ijb(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="facelab eval",
         description="Evaluate a face recognition model on verification sets, pair lists or "
         "IJB-B/C and print the results table.",
@@ -335,9 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         report = run(args)
-    except (FacelabError, FacelabTypeError, FileNotFoundError) as exc:
-        print(f"facelab eval: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        return bad_input_exit("facelab eval", exc)
     print(report.to_json() if args.json else report.table())
     if args.out is not None:
         print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.json'}")

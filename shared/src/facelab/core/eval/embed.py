@@ -132,9 +132,9 @@ def embed(
     try:
         batches = _batches(images, batch_size, num_workers)
         if progress:
-            from tqdm.auto import tqdm
+            from facelab.core.progress import progress_bar
 
-            batches = tqdm(batches, desc="embed", unit="batch")
+            batches = progress_bar(batches, desc="embed", unit="batch")
         with torch.inference_mode():
             for x in batches:
                 x = x.to(device=device, dtype=dtype, non_blocking=True)

@@ -38,7 +38,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from facelab.core.errors import (
     FacelabTypeError,
@@ -62,6 +61,7 @@ from facelab.core.privacy.metrics import (
     threshold_at_far,
     to_unit,
 )
+from facelab.core.progress import progress_bar
 
 _FORMAT = "facelab.privacy.InversionAttack"
 _FORMAT_VERSION = "1"
@@ -628,7 +628,7 @@ class InversionAttack:
         logged: list[torch.Tensor] = []
         history = FitHistory()
         start = time.perf_counter()
-        for step in tqdm(range(steps), disable=not progress, desc="inversion attack"):
+        for step in progress_bar(range(steps), disable=not progress, desc="inversion attack"):
             obs, img = next(batches)
             obs = obs.to(self.device, torch.float32, non_blocking=True)
             img = img.to(self.device, torch.float32, non_blocking=True)

@@ -42,7 +42,6 @@ from accelerate.utils import (
 )
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from facelab.core.errors import (
     FacelabTypeError,
@@ -52,6 +51,7 @@ from facelab.core.errors import (
     ShapeError,
     UnknownNameError,
 )
+from facelab.core.progress import progress_bar
 from facelab.core.train.checkpoint import (
     TMP_PREFIX,
     checkpoints_root,
@@ -473,7 +473,7 @@ class Trainer:
         interrupted = False
         try:
             with self._stop_on_signals():
-                pbar = tqdm(
+                pbar = progress_bar(
                     total=self.total_steps,
                     initial=self.step,
                     desc=cfg.project_name,
@@ -522,7 +522,7 @@ class Trainer:
                 "before its fit()"
             )
 
-    def _loop(self, pbar: tqdm) -> bool:
+    def _loop(self, pbar: Any) -> bool:
         acc, cfg = self.accelerator, self.cfg
         k = cfg.grad_accum
         per_epoch = self.steps_per_epoch * k  # batches per process in one epoch
@@ -626,7 +626,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging, eval
 
-    def _flush_logs(self, pbar: tqdm) -> None:
+    def _flush_logs(self, pbar: Any) -> None:
         acc = self.accelerator
         names, values = self._meter.means()
         self._meter.reset()
