@@ -52,6 +52,11 @@ export -f rows
 step trainer-cuda 90 rows "iresnet50_train_step(False)" "run_trainer_overhead(False)"
 step speed-cuda 120 rows "codec_compact()" "run_slerpface_speed(False)"
 
+# core Trainer throughput at training batch sizes, each speed option added in turn
+# (channels-last, fused SGD, torch.compile), with model FLOP utilization
+step trainer-throughput 360 python3 -m facelab.benchmarks.gpu_throughput \
+    --batch-sizes 128 256 512 --out "$out/throughput"
+
 # every method's toy recipe through the CUDA path (Accelerate picks the GPU), bf16
 step duetface-toy-bf16 50 facelab duetface train --preset toy --output-dir "$work/duet" \
     --client-train.mixed-precision bf16 --server-train.mixed-precision bf16 \

@@ -793,3 +793,75 @@ def test_stage_config_fills_only_an_empty_folder(tmp_path):
     assert empty.output_dir == ""  # a new config; the preset's stays as it was
     kept = TrainConfig(output_dir=str(tmp_path / "mine"))
     assert stage_config(kept, tmp_path, "stage1") is kept
+
+
+# ---------------------------------------------------------------- speed options
+
+
+def _conv_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+    return model, TensorDataset(x, y)
+
+
+def _fit_weights(tmp_path, name, model, data, **kw):
+    cfg = cfg_for(tmp_path / name, **({"epochs": 2, "optimizer": "sgd", "lr": 0.05} | kw))
+    trainer = Trainer(cfg, model, ce_loss, data)
+    result = trainer.fit()
+    return weights(model), [h["loss"] for h in result.history]
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    plain_model, data = _conv_problem()
+    nhwc_model, _ = _conv_problem()
+    plain, plain_losses = _fit_weights(tmp_path, "plain", plain_model, data)
+    nhwc, nhwc_losses = _fit_weights(tmp_path, "nhwc", nhwc_model, data, channels_last=True)
+    conv_weight = nhwc_model[0].weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv_weight.is_contiguous()  # really NHWC, not a layout that is both
+    # the same arithmetic in another memory order: equal up to summation order
+    assert_same_weights(plain, {k: v.contiguous() for k, v in nhwc.items()}, atol=1e-5)
+    np.testing.assert_allclose(plain_losses, nhwc_losses, rtol=1e-5)
+
+
+def test_fused_optimizer_matches_the_for_each_update(tmp_path):
+    for optimizer in ("sgd", "adamw"):
+        a, _ = _fit_weights(tmp_path, f"{optimizer}-plain", mlp(), blobs(64), optimizer=optimizer)
+        kw = {"optimizer": optimizer, "fused_optimizer": True}
+        b, _ = _fit_weights(tmp_path, f"{optimizer}-fused", mlp(), blobs(64), **kw)
+        assert_same_weights(a, b, atol=1e-6)
+
+
+def test_fused_optimizer_defaults_to_cuda_only():
+    from facelab.core.train.schedule import build_optimizer
+
+    params = [nn.Parameter(torch.zeros(3))]
+    cpu = build_optimizer(TrainConfig(), [{"params": params}], "cpu")
+    assert not cpu.defaults.get("fused")
+    forced = build_optimizer(TrainConfig(fused_optimizer=True), [{"params": params}], "cpu")
+    assert forced.defaults.get("fused") is True
+
+
+def test_compile_keeps_state_dict_keys_and_results(tmp_path):
+    eager, eager_losses = _fit_weights(tmp_path, "eager", mlp(), blobs(64))
+    compiled_model = mlp()
+    # aot_eager traces forward and backward like inductor does, without its C++ code generation
+    # (tens of seconds on 2 cores); the GPU check runs the inductor default
+    compiled, compiled_losses = _fit_weights(
+        tmp_path, "compiled", compiled_model, blobs(64), compile=True, compile_backend="aot_eager"
+    )
+    assert compiled_model._compiled_call_impl is not None  # it really ran compiled
+    assert compiled.keys() == eager.keys()  # no "_orig_mod." prefixes in checkpoints
+    assert_same_weights(eager, compiled, atol=1e-5)
+    np.testing.assert_allclose(eager_losses, compiled_losses, rtol=1e-5)

@@ -88,6 +88,18 @@ class TrainConfig:
     project_name: str = "facelab"
     progress: bool = True
     ddp_find_unused_parameters: bool = False
+    # speed: these change how the same arithmetic runs, not what is computed
+    #: store 4-D weights (and so convolution activations) channels-last (NHWC): tensor cores
+    #: and cuDNN's fastest convolutions want it; on CPU it rarely helps
+    channels_last: bool = False
+    #: one fused kernel for the optimizer update; None = fused on CUDA, for-each elsewhere
+    fused_optimizer: bool | None = None
+    #: ``nn.Module.compile()`` every trained module in place (torch.compile; state-dict keys
+    #: stay as they are, so checkpoints and save_pretrained are unchanged)
+    compile: bool = False
+    #: torch.compile backend for ``compile`` ("inductor" generates kernels; "aot_eager" only
+    #: traces, a quick check that a model compiles)
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         self.milestones = tuple(self.milestones)

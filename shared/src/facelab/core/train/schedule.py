@@ -232,15 +232,32 @@ def build_param_groups(
     return out
 
 
-def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            nesterov=cfg.nesterov,
+def build_optimizer(
+    cfg: TrainConfig, groups: list[dict[str, Any]], device: torch.device | str | None = None
+) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``groups``; fused kernels when ``cfg.fused_optimizer`` says so (None:
+    on CUDA only, ``device`` being where the parameters will live)."""
+    fused = cfg.fused_optimizer
+    if fused is None:
+        fused = torch.device(device if device is not None else "cpu").type == "cuda"
+    kw: dict[str, Any] = {"fused": True} if fused else {}
+    try:
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                groups,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                nesterov=cfg.nesterov,
+                **kw,
+            )
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **kw
         )
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
+    except RuntimeError as exc:  # torch refuses fused kernels for this device or dtype
+        if not fused:
+            raise
+        raise RangeError(
+            f"fused_optimizer: this torch build has no fused {cfg.optimizer} for these "
+            f"parameters ({exc}); set fused_optimizer to False"
+        ) from exc

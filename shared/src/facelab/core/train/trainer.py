@@ -289,8 +289,14 @@ class Trainer:
             raw[name].requires_grad_(False)
             raw[name].eval()
         trainable = [n for n in raw if n not in self.frozen]
+        if cfg.channels_last:  # in place: the optimizer below sees the same Parameter objects
+            for module in raw.values():
+                module.to(memory_format=torch.channels_last)
         groups = build_param_groups(raw, trainable, cfg, param_groups)
-        optimizer = build_optimizer(cfg, groups)
+        optimizer = build_optimizer(cfg, groups, acc.device)
+        if cfg.compile:
+            for name in trainable:
+                raw[name].compile(backend=cfg.compile_backend)
         self._params = [p for g in groups for p in g["params"]]
         # modules with something to train go through accelerate (DDP); the rest only move
         self._prepared_names = [
