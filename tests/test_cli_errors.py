@@ -30,6 +30,11 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     "partialface": [["embed", "--run", NOPE, "--images", NOPE, "--out", "{tmp}/x"]],
     "minusface": [["train", "--preset", "nope"], ["protect", "--model", NOPE, "--out", "{tmp}/o"]],
     "slerpface": [["enroll", "--templates", NOPE, "--keystore", "{tmp}/k", "--out", "{tmp}/o"]],
+    "vflafe": [
+        ["train", "--clip-norm", "0"],
+        ["train", "--mode", "plain", "--target-epsilon", "1e-9"],
+        ["compare", "--epsilons", "0", "--out", "{tmp}/o"],
+    ],
 }
 
 #: commands that read no user input
