@@ -243,7 +243,11 @@ def plot_privacy_utility(summary: list[dict], path: str | Path, title: str = "")
             if not pts:
                 continue
             if math.isinf(pts[0]["target_epsilon"]):
-                ax.axhline(pts[0][metric]["mean"], ls="--", color="gray", label=variant)
+                styles = ("--", ":", "-.")
+                n_lines = sum(1 for line in ax.get_lines() if line.get_color() == "gray")
+                ax.axhline(
+                    pts[0][metric]["mean"], ls=styles[n_lines % 3], color="gray", label=variant
+                )
                 continue
             label_text = f"{variant} C={float(clip):g}" if multi_clip else variant
             x = [p["target_epsilon"] for p in pts]
