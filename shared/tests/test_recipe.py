@@ -184,3 +184,14 @@ def test_initial_weights_depend_on_the_seed_only(tmp_path):
     torch.set_rng_state(state)
     recipe.build_arcface_models(cfg, 7)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_paper_shape_data_is_toyfaces_at_112_px():
+    d = recipe.paper_shape_data()
+    assert d.is_toy and d.image_size == recipe.PAPER_IMAGE_SIZE == 112
+    assert (d.toy_identities, d.toy_images_per_identity, d.toy_difficulty) == (100, 10, "easy")
+    assert (d.eval_identities, d.eval_images_per_identity, d.eval_pairs) == (60, 6, 600)
+    assert recipe.paper_shape_data(repeat=3, toy_identities=7).repeat == 3
+    assert recipe.paper_shape_data(toy_identities=7).toy_identities == 7
+    with pytest.raises(RangeError):
+        recipe.paper_shape_data(image_size=100)  # not a multiple of 8

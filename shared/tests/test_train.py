@@ -4,6 +4,7 @@ import math
 import os
 import random
 import signal
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def assert_same_weights(a, b, atol=0.0):
 # ---------------------------------------------------------------- learning
 
 
-def test_loss_decreases_and_eval_runs(tmp_path):
+def train_blobs(tmp_path, seed: int = 0):
+    """The learning test's run: an MLP on 3 blobs, 4 epochs of AdamW (``seed``: the model's
+    initial weights and the trainer's data order; scripts/calibrate_claims.py reruns others)."""
     data = blobs(192)
     x_all, y_all = data.tensors
     seen_modes = []
@@ -123,17 +126,30 @@ def test_loss_decreases_and_eval_runs(tmp_path):
         scheduler="constant",
         eval_every=1,
         eval_unit="epoch",
+        seed=seed,
     )
-    trainer = Trainer(cfg, mlp(), ce_loss, data, eval_fn=eval_fn)
+    trainer = Trainer(cfg, mlp(seed), ce_loss, data, eval_fn=eval_fn)
     result = trainer.fit()
     losses = [h["loss"] for h in result.history]
-    assert result.step == trainer.total_steps == 4 * (192 // 16)
-    assert losses[-1] < 0.5 * losses[0], losses
     # independent accuracy on the whole set, computed here
     model = trainer.unwrap()
     model.eval()
-    assert (model(x_all).argmax(1) == y_all).float().mean() > 0.9
-    assert result.eval["acc"] > 0.9
+    measured = {
+        "loss_ratio": losses[-1] / losses[0],
+        "accuracy": float((model(x_all).argmax(1) == y_all).float().mean()),
+        "eval_accuracy": float(result.eval["acc"]),
+    }
+    return trainer, result, seen_modes, measured
+
+
+def test_loss_decreases_and_eval_runs(tmp_path):
+    trainer, result, seen_modes, m = train_blobs(tmp_path)
+    assert result.step == trainer.total_steps == 4 * (192 // 16)
+    # CALIBRATION(core-train)
+    assert m["loss_ratio"] < 0.5, m
+    assert m["accuracy"] > 0.9
+    assert m["eval_accuracy"] > 0.9
+    model = trainer.unwrap()
     assert [e["step"] for e in result.eval_history] == [12, 24, 36, 48]
     assert seen_modes and all(mode == (False, False) for mode in seen_modes)
     assert trainer.modules["model"] is model
@@ -865,3 +881,53 @@ def test_compile_keeps_state_dict_keys_and_results(tmp_path):
     assert compiled.keys() == eager.keys()  # no "_orig_mod." prefixes in checkpoints
     assert_same_weights(eager, compiled, atol=1e-5)
     np.testing.assert_allclose(eager_losses, compiled_losses, rtol=1e-5)
+
+
+def test_launch_cpu_retries_port_failures_only(tmp_path, monkeypatch):
+    from facelab.core.train import launch
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        port = int(cmd[cmd.index("--main_process_port") + 1])
+        calls.append(port)
+        err = "RuntimeError: The server socket has failed to listen: address already in use"
+        rc, stderr = (1, err) if len(calls) < 3 else (0, "")
+        return subprocess.CompletedProcess(cmd, rc, "", stderr)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    assert launch.launch_cpu(tmp_path / "s.py").returncode == 0
+    assert len(calls) == 3  # two port failures, then a launch on a third port
+    assert all(20000 <= p < 32000 for p in calls)
+
+    calls.clear()
+
+    def broken(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ValueError: a real bug")
+
+    monkeypatch.setattr(launch.subprocess, "run", broken)
+    assert launch.launch_cpu(tmp_path / "s.py").returncode == 1
+    assert len(calls) == 1  # not retried: every attempt would fail alike
+
+    calls.clear()
+    monkeypatch.setattr(
+        launch.subprocess,
+        "run",
+        lambda cmd, **kw: (
+            calls.append(cmd)
+            or subprocess.CompletedProcess(cmd, 1, "", "DistNetworkError: Connection refused")
+        ),
+    )
+    assert launch.launch_cpu(tmp_path / "s.py", retries=2).returncode == 1
+    assert len(calls) == 3  # the first attempt and two retries
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    from facelab.core.train.launch import free_port
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free when handed out

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,11 +47,14 @@ def make_faces():
     return faces
 
 
-@pytest.fixture(scope="session")
-def toy_run(tmp_path_factory):
+#: the claim tests' training seed (scripts/calibrate_claims.py reruns others)
+TOY_SEED = 3
+
+
+def train_toy_run(root, seed: int = TOY_SEED) -> dict:
     """One tiny DuetFace training run shared by the claim tests: the client (stage A), the server
-    with masks and the plain server (same seed and data), an RGB recognizer with another seed,
-    and the verification results of each."""
+    with masks and the plain server (same seed and data), an RGB recognizer with another seed
+    (``seed + 8``), and the verification results of each."""
     from facelab.core.privacy import AttackConfig  # noqa: F401  (import cost paid once here)
     from facelab.core.recipe import DataConfig, HeadConfig, build_eval_sets, train_arcface
     from facelab.core.train import TrainConfig
@@ -65,7 +69,7 @@ def toy_run(tmp_path_factory):
         verification_rows,
     )
 
-    root = tmp_path_factory.mktemp("toy_run")
+    root = Path(root)
 
     def stage(name: str, epochs: int = 4) -> TrainConfig:
         return TrainConfig(
@@ -74,7 +78,7 @@ def toy_run(tmp_path_factory):
             batch_size=32,
             lr=0.1,
             milestones=(epochs - 1,),
-            seed=3,
+            seed=seed,
             log_every=10,
             progress=False,
             save_on_exit=False,
@@ -109,7 +113,7 @@ def toy_run(tmp_path_factory):
         cfg, client, dataset, num_classes, interactive=False, train_cfg=stage("n")
     )
     rgb_cfg = baseline_config(cfg)
-    rgb_cfg.train = dataclasses.replace(stage("rgb"), seed=11)
+    rgb_cfg.train = dataclasses.replace(stage("rgb"), seed=seed + 8)
     rgb_cfg.data = dataclasses.replace(cfg.data, eval_pairs=0)
     recognizer = train_arcface(rgb_cfg).model.eval()
 
@@ -131,3 +135,8 @@ def toy_run(tmp_path_factory):
         "accuracy": acc,
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    return train_toy_run(tmp_path_factory.mktemp("toy_run"))

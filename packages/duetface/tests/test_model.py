@@ -168,3 +168,19 @@ def test_bad_inputs(make_models):
         ClientModel(positions=(0, 64))
     with pytest.raises(ShapeError):
         MaskGenerator(client_channels=[1, 2], server_channels=[1, 2], mask_sizes=[[1, 1]])
+
+
+def test_paper_shape_preset_has_the_papers_layout():
+    from facelab.duetface import duetface_presets
+    from facelab.duetface.train import build_client, build_server
+
+    cfg = duetface_presets()["paper-shape"]
+    assert cfg.data.image_size == 112 and cfg.data.is_toy
+    assert cfg.model == duetface_presets()["toy"].model  # the toy widths
+    client = build_client(cfg)
+    server = build_server(cfg, client)
+    # four interactive blocks at the paper's stage sizes; the client maps are tapped where the
+    # paper's client taps them (only the widths differ)
+    assert server.mask_sizes == ((56, 56), (28, 28), (14, 14), (7, 7))
+    paper_client = build_client(duetface_presets()["paper"])
+    assert [s[1:] for s in client.stage_shapes] == [s[1:] for s in paper_client.stage_shapes]

@@ -203,3 +203,27 @@ def test_stage_folders_follow_output_dir_unless_set(tmp_path):
     assert explicit.stage("stage1").output_dir == str(tmp_path / "run" / "stage1")
     with pytest.raises(UnknownNameError):
         cfg.stage("stage3")
+
+
+def test_paper_shape_preset_has_the_papers_layout():
+    from facelab.minusface.train import build_generator, build_recognizer
+
+    cfg = minusface_presets()["paper-shape"]
+    toy = minusface_presets()["toy"]
+    assert cfg.data.image_size == 112 and cfg.data.is_toy
+    # the paper's five U-Net levels (4 poolings: a 7 x 7 bottleneck at 112 px), toy widths
+    assert len(cfg.generator_widths) == len(minusface_presets()["paper"].generator_widths)
+    assert (cfg.gen_weight, cfg.head, cfg.stage2.max_steps) == (
+        toy.gen_weight,
+        toy.head,
+        toy.stage2.max_steps,
+    )
+    torch.manual_seed(0)
+    gen = build_generator(cfg).eval()
+    with torch.no_grad():
+        x, regen, latent = gen(torch.zeros(1, 3, 112, 112))
+    assert x.shape == regen.shape == (1, 192, 112, 112)
+    assert latent.shape == (1, cfg.generator_widths[-1], 7, 7)
+    rec = build_recognizer(cfg, 3).eval()
+    with torch.no_grad():
+        assert rec(torch.zeros(2, 3, 112, 112)).shape == (2, cfg.embedding_size)

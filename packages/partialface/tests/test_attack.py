@@ -27,16 +27,33 @@ def test_observations_are_the_right_channels():
         observe("rgb", x, enc, plan)
 
 
-def test_inversion_from_one_subset_is_worse_than_from_the_full_spectrum():
+def measure_attack(seed: int = 0) -> dict[str, float]:
+    """The attack comparison the test asserts on (``seed``: the attacks' seed; also measured by
+    scripts/calibrate_claims.py)."""
     from facelab.core.data.toyfaces import ToyFaces
 
     train = ToyFaces(40, 6, size=SIZE, seed=1).render(slice(None))
     test = ToyFaces(8, 4, size=SIZE, seed=1, identity_offset=10_000).render(slice(None))
-    settings = AttackSettings(steps=120, batch_size=32, width=8, depth=1, seed=0)
+    settings = AttackSettings(steps=120, batch_size=32, width=8, depth=1, seed=seed)
     rows = run_attacks(train, test, reference_plan(), kinds=("subset", "full"), settings=settings)
     by = {r["attack"]: r for r in rows}
-    print({k: (round(v["ssim"], 3), round(v["psnr"], 2)) for k, v in by.items()})
+    return {
+        "full_ssim": by["full"]["ssim"],
+        "subset_ssim": by["subset"]["ssim"],
+        "mean_ssim": by["mean image"]["ssim"],
+        "full_psnr": by["full"]["psnr"],
+        "subset_psnr": by["subset"]["psnr"],
+        "ssim_full_minus_subset": by["full"]["ssim"] - by["subset"]["ssim"],
+        "psnr_full_minus_subset": by["full"]["psnr"] - by["subset"]["psnr"],
+        "ssim_full_minus_mean": by["full"]["ssim"] - by["mean image"]["ssim"],
+    }
+
+
+def test_inversion_from_one_subset_is_worse_than_from_the_full_spectrum():
+    m = measure_attack()
+    print({k: round(v, 3) for k, v in m.items()})
     # the full spectrum is the image: the decoder learns it; one subset recovers much less
-    assert by["full"]["ssim"] > by["subset"]["ssim"] + 0.1
-    assert by["full"]["psnr"] > by["subset"]["psnr"] + 1.0
-    assert by["full"]["ssim"] > by["mean image"]["ssim"] + 0.2
+    # CALIBRATION(partialface-attack)
+    assert m["ssim_full_minus_subset"] > 0.1
+    assert m["psnr_full_minus_subset"] > 1.0
+    assert m["ssim_full_minus_mean"] > 0.2

@@ -107,3 +107,17 @@ def test_initial_weights_depend_on_the_seed_alone(monkeypatch):
         with pytest.raises(RuntimeError, match="stop after"):
             pf_train.train(cfg)
     assert len(captured) == 2 and torch.equal(captured[0], captured[1])
+
+
+def test_paper_shape_preset_has_the_papers_layout():
+    from facelab.partialface.train import partialface_presets
+
+    presets = partialface_presets()
+    cfg = presets["paper-shape"]
+    assert cfg.data.image_size == 112 and cfg.data.is_toy and cfg.data.repeat == 3
+    assert cfg.codec_mode == presets["paper"].codec_mode == "reference"  # 112 x 112 maps
+    assert (cfg.backbone, cfg.base_width, cfg.train.max_steps) == (
+        presets["paper"].backbone,
+        presets["toy"].base_width,
+        presets["toy"].train.max_steps,
+    )

@@ -38,6 +38,9 @@ from facelab.core.errors import FacelabError, FormatError, RangeError, UnknownNa
 #: identities are drawn from here, so they are disjoint from any training set below 10^6 people
 TOY_HELDOUT_OFFSET = 1_000_000
 
+#: the papers' face crops: 112 x 112 (insightface's ArcFace alignment template)
+PAPER_IMAGE_SIZE = 112
+
 
 # --------------------------------------------------------------------------------------------
 # data
@@ -79,6 +82,28 @@ class DataConfig:
     @property
     def is_toy(self) -> bool:
         return self.source == "toyfaces"
+
+
+def paper_shape_data(**overrides: Any) -> DataConfig:
+    """Toyfaces at the papers' resolution: the data of the privacy methods' ``paper-shape``
+    presets (DuetFace, PartialFace, MinusFace), which keep the papers' block layout and cut
+    only widths and budget.
+
+    112 px crops, so every network has the papers' shapes (IR-18 stages at 56, 28, 14 and 7 px,
+    14 x 14 DCT blocks per channel, MinusFace's U-Net with its 7 x 7 bottleneck); toyfaces
+    "easy" (as the toy presets), 100 training identities x 10 images, 60 held-out identities x 6
+    images and 600 pairs for verification. ``overrides`` replace any field.
+    """
+    fields: dict[str, Any] = {
+        "image_size": PAPER_IMAGE_SIZE,
+        "toy_identities": 100,
+        "toy_images_per_identity": 10,
+        "toy_difficulty": "easy",
+        "eval_identities": 60,
+        "eval_images_per_identity": 6,
+        "eval_pairs": 600,
+    }
+    return DataConfig(**(fields | overrides))
 
 
 class RepeatDataset(Dataset):

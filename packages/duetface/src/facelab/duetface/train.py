@@ -42,6 +42,7 @@ from facelab.core.recipe import (
     build_train_dataset,
     evaluate_sets,
     margin_loss,
+    paper_shape_data,
     paper_train_config,
     to_jsonable,
     train_arcface,
@@ -123,7 +124,10 @@ class DuetFaceConfig:
 
 
 def duetface_presets() -> dict[str, DuetFaceConfig]:
-    """``paper``: the defaults above; ``toy``: 32 px toyfaces, tiny widths, CPU minutes."""
+    """``paper``: the defaults above; ``toy``: 32 px toyfaces, tiny widths, CPU minutes;
+    ``paper-shape``: the paper's 112 px faces and block layout (MobileFaceNet client tapped at
+    56/28/14/7 px, IR-18 server with four stages at the same sizes) on toyfaces
+    (``facelab.core.recipe.paper_shape_data``), with the toy preset's widths and optimisation."""
 
     def toy_stage(output_dir: str, epochs: int) -> TrainConfig:
         return TrainConfig(
@@ -161,7 +165,16 @@ def duetface_presets() -> dict[str, DuetFaceConfig]:
         cache_train_images=True,
         eval_batch_size=256,
     )
-    return {"paper": DuetFaceConfig(), "toy": toy}
+    paper_shape = dataclasses.replace(
+        toy,
+        data=paper_shape_data(),
+        # 1000 training images: 16 steps per epoch at batch 64
+        client_train=toy_stage("", 12),
+        server_train=toy_stage("", 12),
+        output_dir="runs/duetface-paper-shape",
+        eval_batch_size=64,
+    )
+    return {"paper": DuetFaceConfig(), "toy": toy, "paper-shape": paper_shape}
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from facelab.core.recipe import (
     build_train_dataset,
     evaluate_sets,
     margin_loss,
+    paper_shape_data,
     paper_train_config,
     to_jsonable,
     write_json,
@@ -160,7 +161,11 @@ class MinusFaceConfig:
 
 
 def minusface_presets() -> dict[str, MinusFaceConfig]:
-    """``paper``: the published recipe; ``toy``: toyfaces, tiny models, about a CPU minute."""
+    """``paper``: the published recipe; ``toy``: toyfaces, tiny models, about a CPU minute;
+    ``paper-shape``: the paper's 112 px faces and block layout (a five-level U-Net on the
+    192 x 112 x 112 encoding with its 7 x 7 bottleneck, IR-18 recognizers with four stages at
+    56/28/14/7 px) on toyfaces (``facelab.core.recipe.paper_shape_data``), with the toy
+    preset's widths, loss weights and optimisation."""
 
     def toy_stage(steps: int, lr: float) -> TrainConfig:
         # AdamW and a margin-free normalized softmax: on a few hundred CPU steps the paper's
@@ -208,7 +213,14 @@ def minusface_presets() -> dict[str, MinusFaceConfig]:
         baseline=True,
         eval_batch_size=256,
     )
-    return {"paper": MinusFaceConfig(), "toy": toy}
+    paper_shape = dataclasses.replace(
+        toy,
+        output_dir="runs/minusface-paper-shape",
+        data=paper_shape_data(),
+        generator_widths=(8, 16, 32, 64, 128),  # the paper's 4 pooling levels (64..1024 / 8)
+        eval_batch_size=64,
+    )
+    return {"paper": MinusFaceConfig(), "toy": toy, "paper-shape": paper_shape}
 
 
 # --------------------------------------------------------------------------------------------

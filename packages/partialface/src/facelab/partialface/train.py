@@ -16,6 +16,7 @@ and reuses the saved plan.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from facelab.core.recipe import (
     build_head,
     build_train_dataset,
     margin_loss,
+    paper_shape_data,
     paper_train_config,
     to_jsonable,
     write_json,
@@ -95,7 +97,10 @@ class PartialFaceConfig:
 
 
 def partialface_presets() -> dict[str, PartialFaceConfig]:
-    """``paper``: the paper's recipe (defaults); ``toy``: toyfaces, 32 px, CPU minutes.
+    """``paper``: the paper's recipe (defaults); ``toy``: toyfaces, 32 px, CPU minutes;
+    ``paper-shape``: the paper's 112 px faces and block layout (reference-mode 27-channel
+    subsets of 112 x 112 maps into an IR-18 with four stages at 56/28/14/7 px) on toyfaces
+    (``facelab.core.recipe.paper_shape_data``) with the toy preset's widths and optimisation.
 
     The toy data uses ``toy_difficulty="easy"``: the default nuisance (optics blur, sensor
     noise) wipes out most of the high frequencies PartialFace keeps, and at this budget the
@@ -131,7 +136,13 @@ def partialface_presets() -> dict[str, PartialFaceConfig]:
         ),
         eval_batch_size=256,
     )
-    return {"paper": PartialFaceConfig(), "toy": toy}
+    paper_shape = dataclasses.replace(
+        toy,
+        data=paper_shape_data(repeat=3),
+        train=dataclasses.replace(toy.train, output_dir="runs/partialface-paper-shape"),
+        eval_batch_size=64,
+    )
+    return {"paper": PartialFaceConfig(), "toy": toy, "paper-shape": paper_shape}
 
 
 @dataclass
