@@ -124,7 +124,9 @@ def _save(row: dict) -> None:
         f.write(json.dumps(row | {"threads": torch.get_num_threads()}) + "\n")
 
 
-def minusface_rows(preset: str, seed: int, steps_factors: list[int]) -> list[dict]:
+def minusface_rows(
+    preset: str, seed: int, steps_factors: list[int], baseline_all: bool = True
+) -> list[dict]:
     from facelab.core.privacy import psnr, ssim
     from facelab.core.recipe import build_eval_sets, build_train_dataset
     from facelab.minusface import minusface_presets
@@ -202,6 +204,8 @@ def minusface_rows(preset: str, seed: int, steps_factors: list[int]) -> list[dic
         for f in steps_factors:
             view = _mf_stage2(cfg, dataset, num_classes, gen, "random", n2 * f)
             row("X_p (MinusFace)", n2 * f, _accuracy(view, heldout))
+            if f != steps_factors[0] and not baseline_all:
+                continue
             bcfg = dataclasses.replace(
                 cfg,
                 stage2=dataclasses.replace(cfg.stage2, max_steps=n2 * f),
@@ -355,16 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1337, 1, 2])
     ap.add_argument("--steps-factors", nargs="+", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--baseline-first-only",
+        action="store_true",
+        help="MinusFace: train the RGB baseline only at the first steps factor",
+    )
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args(argv)
     path = OUT / f"{args.method}-{args.preset}.jsonl"
     if not args.summary:
         torch.set_num_threads(args.threads)
         OUT.mkdir(parents=True, exist_ok=True)
-        fn = minusface_rows if args.method == "minusface" else duetface_rows
         factors = args.steps_factors or ([1, 2, 4] if args.method == "minusface" else [1])
         for seed in args.seeds:
-            fn(args.preset, seed, factors)
+            if args.method == "minusface":
+                minusface_rows(args.preset, seed, factors, not args.baseline_first_only)
+            else:
+                duetface_rows(args.preset, seed, factors)
     print(summarize(path))
     return 0
 

@@ -362,8 +362,12 @@ def test_image_attack_reconstructs_noise_attack_does_not(tmp_path):
     )
     m = measure_image_attack(rows=rows)
     print({k: round(v, 3) for k, v in m.items()})
-    # CALIBRATION(core-attack-image)
-    assert m["image_ssim"] > 0.7
+    # calibrated (scripts/calibrate_claims.py core-attack-image; attack seeds 0-4, 1 thread):
+    # image SSIM 0.732-0.796 (this seed 0.796), noise - mean image SSIM -0.021..-0.009, image -
+    # noise SSIM 0.589-0.665 and PSNR 9.2-12.0 dB. The image threshold was 0.7, 0.03 under the
+    # worst seed; 0.65 keeps a margin of two seed spreads and still says "reconstructs"
+    # (noise and the mean image score 0.13-0.15)
+    assert m["image_ssim"] > 0.65
     assert m["noise_minus_mean_ssim"] < 0.1
     assert m["image_minus_noise_ssim"] > 0.4
     assert m["image_minus_noise_psnr"] > 5
@@ -408,7 +412,6 @@ def measure_code_attack(seed: int = 0) -> dict[str, float]:
 def test_vector_code_attack_beats_noise():
     m = measure_code_attack()
     print({k: round(v, 3) for k, v in m.items()})
-    # CALIBRATION(core-attack-code)
     assert m["code_minus_noise_ssim"] > 0.3
     assert m["code_minus_mean_ssim"] > 0.3
     assert m["noise_minus_mean_ssim"] < 0.1

@@ -145,7 +145,9 @@ def train_blobs(tmp_path, seed: int = 0):
 def test_loss_decreases_and_eval_runs(tmp_path):
     trainer, result, seen_modes, m = train_blobs(tmp_path)
     assert result.step == trainer.total_steps == 4 * (192 // 16)
-    # CALIBRATION(core-train)
+    # calibrated (scripts/calibrate_claims.py core-train; seeds 0-9 x torch threads 1, 2, 19
+    # runs): last/first loss 0.003-0.061, accuracy 0.995-1.000 (this seed: 0.008, 1.000); the
+    # thresholds sit far below the worst case
     assert m["loss_ratio"] < 0.5, m
     assert m["accuracy"] > 0.9
     assert m["eval_accuracy"] > 0.9

@@ -53,7 +53,6 @@ def test_inversion_from_one_subset_is_worse_than_from_the_full_spectrum():
     m = measure_attack()
     print({k: round(v, 3) for k, v in m.items()})
     # the full spectrum is the image: the decoder learns it; one subset recovers much less
-    # CALIBRATION(partialface-attack)
     assert m["ssim_full_minus_subset"] > 0.1
     assert m["psnr_full_minus_subset"] > 1.0
     assert m["ssim_full_minus_mean"] > 0.2

@@ -146,9 +146,10 @@ def measured(run, baseline):
 def test_cross_subset_matching_works_near_the_rgb_baseline(run, measured):
     m = measured
     print({k: round(v, 3) for k, v in m.items()})
-    # CALIBRATION(partialface-run)
+    # measured at seed 7 (PF_STEPS above); the distribution over seeds x threads comes from
+    # scripts/calibrate_claims.py partialface-run
     assert m["baseline"] > 0.7  # the budget is enough to learn toyfaces at all
-    assert m["same"] > 0.75 and m["cross"] > 0.7  # chance is 0.5
+    assert m["same"] > 0.75 and m["cross"] > 0.7  # chance is 0.5; 900 pooled pairs: std ~0.015
     assert m["cross_gap"] < 0.15 and m["same_gap"] < 0.12
     assert m["cross_min_challenge"] > 0.65
     # the subsets really differ in the cross-subset pairs
@@ -157,7 +158,7 @@ def test_cross_subset_matching_works_near_the_rgb_baseline(run, measured):
 
 
 def test_protocol_matches_gallery_and_probe_from_different_subsets(measured):
-    assert measured["protocol"] > 0.7  # CALIBRATION(partialface-run)
+    assert measured["protocol"] > 0.7
 
 
 def test_saved_model_and_plan_reload(run):
@@ -179,7 +180,7 @@ def test_saved_model_and_plan_reload(run):
 
 def test_the_model_embeds_every_subset_into_one_space(measured):
     """Embeddings of one image under two subsets agree far better than two people do."""
-    assert measured["cos_margin"] > 0.3  # CALIBRATION(partialface-run)
+    assert measured["cos_margin"] > 0.3
 
 
 def test_rgb_baseline_evaluation_is_the_shared_one(run):
