@@ -27,8 +27,9 @@ def test_models_learned_and_masks_do_not_hurt(toy_run):
     # put the masks -4.5 to +2.5 points from the plain server (flip test off / on), unpaired
     # runs +-8 points; 400 pairs alone carry a standard error of ~2 points. On this machine the
     # quick suite's configuration (scripts/ppfr_accuracy.py duetface --preset quick, seed 0):
-    # masks 0.828, plain 0.805. The old bound (-5 points) sat 0.5 points under the worst paired
-    # run; -8 keeps a margin of 3.5 points. Every model: far above the 0.62 asked for.
+    # masks 0.828, plain 0.805; this test's own models here: masks 0.753, plain 0.765 (-1.25
+    # points), RGB 0.913. The old bound (-5 points) sat 0.5 points under the worst paired run;
+    # -8 keeps a margin of 3.5 points. Every model: worst 0.753, far above the 0.62 asked for.
     assert m["min_model"] > 0.62  # every model learned (chance is 0.5)
     # with the masks the server is at least as accurate as without, up to noise
     assert m["masks_minus_nomask"] > -0.08
@@ -83,10 +84,12 @@ def test_inversion_from_the_payload_is_clearly_worse_than_from_rgb(toy_run, make
     # same decoder, budget and data: the payload (162 channels + masks) gives clearly worse
     # reconstructions than the image
     # (measured where the test was written: SSIM 0.63 vs 0.79, PSNR 17.7 vs 23.3 dB, leakage
-    # 0.92-0.93 vs 0.99, mean image leakage 0.27-0.40). Leakage saturates near 1 for both, so
-    # its difference (0.06-0.07) is only asked to keep its sign; SSIM and PSNR carry the claim
-    # with margins of 0.06 and 2.6 dB
-    assert m["rgb_minus_payload_ssim"] > 0.1
+    # 0.92-0.93 vs 0.99, mean image leakage 0.27-0.40; on this 2-core VM: SSIM 0.620 vs 0.754,
+    # PSNR 17.5 vs 22.0 dB, leakage 0.874 vs 0.987, mean image 0.214 SSIM / 0.407 leakage).
+    # Leakage saturates near 1 for both, so its difference (0.06-0.11) is only asked to keep
+    # its sign. SSIM and PSNR carry the claim: the SSIM bound was 0.1, 0.03 under this VM's
+    # 0.133; 0.07 keeps twice the difference between the two machines as margin
+    assert m["rgb_minus_payload_ssim"] > 0.07
     assert m["rgb_minus_payload_psnr"] > 3.0
     assert m["rgb_minus_payload_leakage"] > 0.0
     # ... but it is not private against a learned attack: far better than the mean image
