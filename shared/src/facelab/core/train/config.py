@@ -17,7 +17,7 @@ from typing import Any, Literal
 from facelab.core.errors import FacelabTypeError, RangeError, UnknownNameError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("step", "cosine", "constant")
+SCHEDULERS = ("step", "cosine", "constant", "cosine_restarts")
 UNITS = ("epoch", "step")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard",)
@@ -40,6 +40,9 @@ class TrainConfig:
         cosine:   main(s) = r + (1 - r) * (1 + cos(pi * p)) / 2,  r = min_lr / lr,
                   p = clip((s - W) / (T - W), 0, 1)                  (T = total steps)
         constant: main(s) = 1
+        cosine_restarts: main(s) = r + (1 - r) * (1 + cos(pi * c / P)) / 2 with the cycle
+                  position c and length P of step s - W in cycles of restart_period,
+                  restart_period * restart_mult, ... (torch's CosineAnnealingWarmRestarts)
 
     ``milestones`` and ``warmup`` are counted in ``milestones_unit`` / ``warmup_unit``
     ("epoch" values may be fractional and are rounded to the nearest step).
@@ -61,13 +64,15 @@ class TrainConfig:
     weight_decay: float = 5e-4
     no_decay_bn_bias: bool = False
     # learning-rate schedule
-    scheduler: Literal["step", "cosine", "constant"] = "step"
+    scheduler: Literal["step", "cosine", "constant", "cosine_restarts"] = "step"
     milestones: tuple[float, ...] = ()
     milestones_unit: Literal["epoch", "step"] = "epoch"
     gamma: float = 0.1
     warmup: float = 0.0
     warmup_unit: Literal["epoch", "step"] = "epoch"
     min_lr: float = 0.0
+    restart_period: int = 10_000
+    restart_mult: int = 2
     # numerics
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_clip: float | None = None
@@ -120,6 +125,8 @@ class TrainConfig:
         _int_at_least("num_workers", self.num_workers, 0)
         _int_at_least("log_every", self.log_every, 1)
         _int_at_least("seed", self.seed, 0)
+        _int_at_least("restart_period", self.restart_period, 1)
+        _int_at_least("restart_mult", self.restart_mult, 1)
         for name in ("max_steps", "checkpoint_every", "keep_last", "eval_every"):
             if getattr(self, name) is not None:
                 _int_at_least(name, getattr(self, name), 1)

@@ -42,6 +42,8 @@ class LRSchedule:
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         min_ratio: float = 0.0,
+        restart_period: int = 10_000,
+        restart_mult: int = 2,
     ) -> None:
         self.kind = kind
         self.total_steps = int(total_steps)
@@ -49,6 +51,8 @@ class LRSchedule:
         self.milestones = tuple(int(m) for m in milestones)
         self.gamma = float(gamma)
         self.min_ratio = float(min_ratio)
+        self.restart_period = int(restart_period)
+        self.restart_mult = int(restart_mult)
 
     def __call__(self, step: int) -> float:
         s = int(step)
@@ -59,6 +63,23 @@ class LRSchedule:
             span = max(self.total_steps - self.warmup_steps, 1)
             p = min(max((s - self.warmup_steps) / span, 0.0), 1.0)
             main = self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+        elif self.kind == "cosine_restarts":
+            c, period = max(s - self.warmup_steps, 0), self.restart_period
+            if self.restart_mult == 1:
+                c %= period
+            else:
+                m = self.restart_mult
+                n = int(math.log(c / period * (m - 1) + 1, m))
+                c -= period * (m**n - 1) // (m - 1)
+                period *= m**n
+                if c >= period:  # float round-off at a cycle boundary
+                    c, period = c - period, period * m
+                elif c < 0:
+                    period //= m
+                    c += period
+            main = self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (
+                1.0 + math.cos(math.pi * c / period)
+            )
         else:
             main = 1.0
         return warm * main
@@ -108,6 +129,8 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> 
         milestones=milestones,
         gamma=cfg.gamma,
         min_ratio=cfg.min_lr / cfg.lr,
+        restart_period=cfg.restart_period,
+        restart_mult=cfg.restart_mult,
     )
 
 

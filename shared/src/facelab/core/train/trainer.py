@@ -237,6 +237,10 @@ class Trainer:
         eval_fn: ``eval_fn(modules, ctx) -> {name: number}``, run on the main process in eval
             mode under ``torch.no_grad`` every ``cfg.eval_every`` steps/epochs and at the end.
         collate_fn: collate function for the DataLoader built from a ``Dataset``.
+        on_step: ``on_step(ctx)`` called on every process after each optimizer step (after the
+            trainer's own EMA update, before logging and checkpoints), e.g. to update an
+            external EMA such as diffusers' ``EMAModel`` (register such objects with
+            ``trainer.accelerator.register_for_checkpointing`` so checkpoints hold them).
     """
 
     def __init__(
@@ -250,6 +254,7 @@ class Trainer:
         param_groups: ParamGroupsHook | None = None,
         eval_fn: EvalFn | None = None,
         collate_fn: Callable[[list], Any] | None = None,
+        on_step: Callable[[StepContext], None] | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise FacelabTypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
@@ -266,6 +271,7 @@ class Trainer:
             ("loss_fn", loss_fn),
             ("eval_fn", eval_fn),
             ("param_groups", param_groups),
+            ("on_step", on_step),
         ):
             if fn is not None and not callable(fn):
                 raise FacelabTypeError(f"{name}: expected a callable, got {type(fn).__name__}")
@@ -281,6 +287,7 @@ class Trainer:
 
         self.loss_fn = loss_fn
         self.eval_fn = eval_fn
+        self.on_step = on_step
         self.frozen = frozenset(frozen)
         self.accelerator = acc = _make_accelerator(cfg)
 
@@ -554,6 +561,8 @@ class Trainer:
                     self._set_lr(self.step)
                     if self.ema is not None:
                         self.ema.update()
+                    if self.on_step is not None:
+                        self.on_step(ctx)
                     pbar.update(1)
                     last = self.step >= self.total_steps
                     epoch_end = self.batch_in_epoch >= per_epoch
