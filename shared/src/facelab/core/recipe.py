@@ -146,7 +146,7 @@ def build_train_dataset(cfg: DataConfig) -> tuple[Dataset, int]:
         if (root / "train.rec").is_file():
             from facelab.core.data.recordio import MXFaceDataset
 
-            ds = MXFaceDataset(root, image_size=cfg.image_size)
+            ds = MXFaceDataset(root, image_size=(cfg.image_size, cfg.image_size))
             num_classes = int(ds.num_classes)
         else:
             from facelab.core.data.folders import IdentityFolderDataset
