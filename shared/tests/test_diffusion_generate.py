@@ -16,7 +16,7 @@ from torch import nn
 
 pytest.importorskip("diffusers")
 
-from facelab.core.diffusion import (  # noqa: E402
+from facelab.core.diffusion import (
     IdentitySampler,
     filter_identities,
     generate_dataset,
@@ -26,8 +26,8 @@ from facelab.core.diffusion import (  # noqa: E402
     random_identities,
     virtual_identities,
 )
-from facelab.core.diffusion.metrics import attribute_spread  # noqa: E402
-from facelab.core.errors import KeyMismatchError, RangeError  # noqa: E402
+from facelab.core.diffusion.metrics import attribute_spread
+from facelab.core.errors import KeyMismatchError, RangeError
 
 
 class Toy(nn.Module):
@@ -49,24 +49,42 @@ def _sampler(scale=0.1):
 
 
 def _files(root: Path):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_layout_manifest_and_resume_skips_finished(tmp_path):
     ctx = random_identities(3, 8, 0)
     out = tmp_path / "ds"
-    res = generate_dataset(_sampler(), ctx, out, images_per_identity=4, batch_size=3, image_size=16, progress=False)
+    res = generate_dataset(
+        _sampler(), ctx, out, images_per_identity=4, batch_size=3, image_size=16, progress=False
+    )
     assert res.identities_written == 3 and res.images_written == 12
-    assert sorted(p.name for p in out.iterdir()) == ["000000", "000001", "000002", "contexts.safetensors", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000000",
+        "000001",
+        "000002",
+        "contexts.safetensors",
+        "manifest.json",
+    ]
     meta = json.loads((out / "000001" / "meta.json").read_text())
     assert meta["context_index"] == 1 and [r["image"] for r in meta["images"]] == [0, 1, 2, 3]
     man = json.loads((out / "manifest.json").read_text())["run"]
-    assert man["num_identities"] == 3 and man["images_per_identity"] == 4 and man["sampler"]["num_steps"] == 3
+    assert (
+        man["num_identities"] == 3
+        and man["images_per_identity"] == 4
+        and man["sampler"]["num_steps"] == 3
+    )
     from PIL import Image
 
     assert Image.open(out / "000000" / "0003.png").size == (16, 16)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    again = generate_dataset(_sampler(), ctx, out, images_per_identity=4, batch_size=2, image_size=16, progress=False)
+    again = generate_dataset(
+        _sampler(), ctx, out, images_per_identity=4, batch_size=2, image_size=16, progress=False
+    )
     assert again.identities_written == 0 and again.identities_skipped == 3
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
     # the folder is a training set for the core recipe
@@ -82,15 +100,21 @@ def test_other_runs_are_refused_and_nothing_is_touched(tmp_path):
     generate_dataset(_sampler(), ctx, out, images_per_identity=2, image_size=8, progress=False)
     before = _files(out)
     with pytest.raises(KeyMismatchError, match="model_sha256"):
-        generate_dataset(_sampler(0.2), ctx, out, images_per_identity=2, image_size=8, progress=False)
+        generate_dataset(
+            _sampler(0.2), ctx, out, images_per_identity=2, image_size=8, progress=False
+        )
     with pytest.raises(KeyMismatchError, match="seed"):
-        generate_dataset(_sampler(), ctx, out, images_per_identity=2, image_size=8, seed=1, progress=False)
+        generate_dataset(
+            _sampler(), ctx, out, images_per_identity=2, image_size=8, seed=1, progress=False
+        )
     assert _files(out) == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(KeyMismatchError, match="not empty"):
-        generate_dataset(_sampler(), ctx, other, images_per_identity=2, image_size=8, progress=False)
+        generate_dataset(
+            _sampler(), ctx, other, images_per_identity=2, image_size=8, progress=False
+        )
     with pytest.raises(RangeError, match="unit"):
         generate_dataset(_sampler(), ctx * 2, tmp_path / "x", images_per_identity=2, progress=False)
 
@@ -121,13 +145,33 @@ def test_resume_after_kill_gives_the_uninterrupted_dataset(tmp_path):
     # finished and identity 2 half written when the process is killed
     p = subprocess.run([sys.executable, str(script), str(out), "3"], env=env, capture_output=True)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
-    assert sorted(x.name for x in out.iterdir() if x.is_dir()) == [".partial-000002", "000000", "000001"]
+    assert sorted(x.name for x in out.iterdir() if x.is_dir()) == [
+        ".partial-000002",
+        "000000",
+        "000001",
+    ]
     done = {x: (x.stat().st_ino, x.stat().st_mtime_ns) for x in out.glob("00000[01]/*")}
-    res = generate_dataset(_sampler(), random_identities(4, 8, 0), out, images_per_identity=3, batch_size=2, image_size=8, progress=False)
+    res = generate_dataset(
+        _sampler(),
+        random_identities(4, 8, 0),
+        out,
+        images_per_identity=3,
+        batch_size=2,
+        image_size=8,
+        progress=False,
+    )
     assert res.identities_written == 2 and res.identities_skipped == 2
     assert {x: (x.stat().st_ino, x.stat().st_mtime_ns) for x in out.glob("00000[01]/*")} == done
     clean = tmp_path / "clean"
-    generate_dataset(_sampler(), random_identities(4, 8, 0), clean, images_per_identity=3, batch_size=3, image_size=8, progress=False)
+    generate_dataset(
+        _sampler(),
+        random_identities(4, 8, 0),
+        clean,
+        images_per_identity=3,
+        batch_size=3,
+        image_size=8,
+        progress=False,
+    )
     a, b = _files(out), _files(clean)
     assert sorted(a) == sorted(b)
     for k in a:
@@ -137,12 +181,28 @@ def test_resume_after_kill_gives_the_uninterrupted_dataset(tmp_path):
 
 def test_recordio_output(tmp_path):
     out = tmp_path / "rec"
-    generate_dataset(_sampler(), random_identities(3, 8, 0), out, images_per_identity=2, image_size=16, format="recordio", progress=False)
+    generate_dataset(
+        _sampler(),
+        random_identities(3, 8, 0),
+        out,
+        images_per_identity=2,
+        image_size=16,
+        format="recordio",
+        progress=False,
+    )
     from facelab.core.data.recordio import MXFaceDataset
 
     ds = MXFaceDataset(out, image_size=(16, 16))
     assert len(ds) == 6 and int(ds.num_classes) == 3
-    again = generate_dataset(_sampler(), random_identities(3, 8, 0), out, images_per_identity=2, image_size=16, format="recordio", progress=False)
+    again = generate_dataset(
+        _sampler(),
+        random_identities(3, 8, 0),
+        out,
+        images_per_identity=2,
+        image_size=16,
+        format="recordio",
+        progress=False,
+    )
     assert again.identities_skipped == 3 and again.images_written == 0
 
 
@@ -199,7 +259,9 @@ def test_identity_metrics_match_pairwise_loops():
     e = torch.nn.functional.normalize(emb.double(), dim=1)
     cents = {k: torch.nn.functional.normalize(e[labels == k].sum(0), dim=0) for k in range(3)}
     want_div = np.mean([1 - float(e[i] @ cents[int(labels[i])]) for i in range(9)])
-    assert intra_class_diversity(emb, labels)["centroid_distance"] == pytest.approx(want_div, abs=1e-9)
+    assert intra_class_diversity(emb, labels)["centroid_distance"] == pytest.approx(
+        want_div, abs=1e-9
+    )
     sep = inter_class_separability(emb, labels)
     c = torch.stack([cents[k] for k in range(3)])
     off = [float(c[a] @ c[b]) for a in range(3) for b in range(3) if a != b]
@@ -207,8 +269,12 @@ def test_identity_metrics_match_pairwise_loops():
     # references: closed-set identification of every generated image
     ref = identity_consistency(emb, labels, references=emb, reference_labels=labels)
     sims = e @ c.T
-    assert ref["identification_accuracy"] == pytest.approx(float((sims.argmax(1) == labels).double().mean()))
-    assert ref["reference_cos"] == pytest.approx(float(sims[torch.arange(9), labels].mean()), abs=1e-9)
+    assert ref["identification_accuracy"] == pytest.approx(
+        float((sims.argmax(1) == labels).double().mean())
+    )
+    assert ref["reference_cos"] == pytest.approx(
+        float(sims[torch.arange(9), labels].mean()), abs=1e-9
+    )
 
 
 def test_attribute_spread_is_within_identity_std():

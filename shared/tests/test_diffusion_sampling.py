@@ -8,7 +8,7 @@ from torch import nn
 
 pytest.importorskip("diffusers")
 
-from facelab.core.diffusion import (  # noqa: E402
+from facelab.core.diffusion import (
     AttentionController,
     AttentionRecorder,
     ClassifierFreeGuidance,
@@ -17,7 +17,7 @@ from facelab.core.diffusion import (  # noqa: E402
     UNet2DConditionDenoiser,
     random_identities,
 )
-from facelab.core.errors import (  # noqa: E402
+from facelab.core.errors import (
     NonFiniteError,
     RangeError,
     ShapeError,
@@ -84,7 +84,9 @@ def _ctx(b, seed=0):
 @pytest.mark.parametrize("alpha_prev", ["diffusers", "reference"])
 def test_sampler_matches_hand_ddim_with_guidance(alpha_prev):
     model = Analytic()
-    s = IdentitySampler(model, image_size=4, num_steps=50, guidance_scale=1.0, alpha_prev=alpha_prev)
+    s = IdentitySampler(
+        model, image_size=4, num_steps=50, guidance_scale=1.0, alpha_prev=alpha_prev
+    )
     ctx = _ctx(3)
     noise = torch.randn(3, 3, 4, 4)
     out = s.sample(ctx, noise=noise)
@@ -101,7 +103,9 @@ def test_sampler_matches_hand_ddim_with_guidance(alpha_prev):
 
 def test_guidance_forms_agree_and_zero_scale_skips_uncond():
     ctx, noise = _ctx(2), torch.randn(2, 3, 4, 4)
-    ref = IdentitySampler(Analytic(), image_size=4, num_steps=10, guidance_scale=1.5).sample(ctx, noise=noise)
+    ref = IdentitySampler(Analytic(), image_size=4, num_steps=10, guidance_scale=1.5).sample(
+        ctx, noise=noise
+    )
     dif = IdentitySampler(
         Analytic(), image_size=4, num_steps=10, guidance_scale=2.5, guidance_form="diffusers"
     ).sample(ctx, noise=noise)
@@ -128,7 +132,12 @@ def test_per_sample_context_switch_from_a_callback():
 
     m = Analytic()
     s = IdentitySampler(m, image_size=4, num_steps=6, guidance_scale=0.0)
-    out = s.sample(_ctx(2), noise=torch.randn(2, 3, 4, 4), context_flag=torch.tensor([True, False]), callbacks=[Switch()])
+    out = s.sample(
+        _ctx(2),
+        noise=torch.randn(2, 3, 4, 4),
+        context_flag=torch.tensor([True, False]),
+        callbacks=[Switch()],
+    )
     seen = torch.stack(m.flags)
     assert seen[:3, 1].tolist() == [False] * 3 and seen[3:, 1].tolist() == [True] * 3
     assert seen[:, 0].all()

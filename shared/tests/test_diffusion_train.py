@@ -13,7 +13,7 @@ from torch import nn
 
 pytest.importorskip("diffusers")
 
-from facelab.core.diffusion import (  # noqa: E402
+from facelab.core.diffusion import (
     AutoencoderConfig,
     ContextOutput,
     ContextTransform,
@@ -23,9 +23,9 @@ from facelab.core.diffusion import (  # noqa: E402
     load_generator,
     train_diffusion,
 )
-from facelab.core.diffusion.autoencoder import VQ_F4_CONFIG, ldm_vq_to_diffusers  # noqa: E402
-from facelab.core.errors import FormatError, KeyMismatchError  # noqa: E402
-from facelab.core.train import TrainConfig  # noqa: E402
+from facelab.core.diffusion.autoencoder import VQ_F4_CONFIG, ldm_vq_to_diffusers
+from facelab.core.errors import FormatError, KeyMismatchError
+from facelab.core.train import TrainConfig
 
 TINY_UNET = ReferenceUNetConfig(
     initial_channels=32,
@@ -95,17 +95,23 @@ def test_hook_trains_and_resume_is_exact_with_ema(tmp_path):
     # 2 steps, stop, resume to 4: same EMA and raw weights as the straight run
     train_diffusion(_cfg(tmp_path / "b", steps=2), context_transform=Shift())
     resumed = train_diffusion(_cfg(tmp_path / "b", steps=4), context_transform=Shift())
-    for (k, v), (_, w) in zip(straight.denoiser.state_dict().items(), resumed.denoiser.state_dict().items()):
+    for (k, v), (_, w) in zip(
+        straight.denoiser.state_dict().items(), resumed.denoiser.state_dict().items()
+    ):
         assert torch.equal(v, w), k
     sampler = load_generator(tmp_path / "a", num_steps=2)
-    for (k, v), (_, w) in zip(straight.denoiser.state_dict().items(), sampler.denoiser.state_dict().items()):
+    for (k, v), (_, w) in zip(
+        straight.denoiser.state_dict().items(), sampler.denoiser.state_dict().items()
+    ):
         assert torch.equal(v, w), k
 
 
 def test_ema_follows_the_reference_schedule():
     from diffusers.training_utils import EMAModel
 
-    ema = EMAModel([nn.Parameter(torch.zeros(1))], decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    ema = EMAModel(
+        [nn.Parameter(torch.zeros(1))], decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75
+    )
     for step in (1, 2, 10, 1000, 10**6):
         s = max(0, step - 1)
         want = 0.0 if s == 0 else min(0.9999, 1 - (1 + s) ** -0.75)  # utils/ema.py of the reference
@@ -120,7 +126,13 @@ def test_recognizer_contexts_and_file_contexts(tmp_path):
     rec = get_backbone("r18", input_size=32, embedding_size=512, base_width=8)
     save_pretrained(rec, tmp_path / "rec")
     cfg = _cfg(tmp_path / "r", steps=1)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, contexts="recognizer", recognizer=str(tmp_path / "rec"), recognizer_size=32), ema=dataclasses.replace(cfg.ema, enabled=False))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            cfg.data, contexts="recognizer", recognizer=str(tmp_path / "rec"), recognizer_size=32
+        ),
+        ema=dataclasses.replace(cfg.ema, enabled=False),
+    )
     assert train_diffusion(cfg).train.step == 1
     # a file of unit vectors, one per image; wrong count and non-unit rows are refused
     from safetensors.torch import save_file
@@ -130,14 +142,26 @@ def test_recognizer_contexts_and_file_contexts(tmp_path):
     save_file({"embeddings": good[:5]}, str(tmp_path / "few.safetensors"))
     save_file({"embeddings": good * 3}, str(tmp_path / "big.safetensors"))
     base = dataclasses.replace(cfg.data, contexts="file")
-    ok = dataclasses.replace(cfg, data=dataclasses.replace(base, embeddings=str(tmp_path / "emb.safetensors")), train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "f")))
+    ok = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(base, embeddings=str(tmp_path / "emb.safetensors")),
+        train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "f")),
+    )
     assert train_diffusion(ok).train.step == 1
     from facelab.core.errors import RangeError, ShapeError
 
     with pytest.raises(ShapeError, match="one 512-d ID vector per training image"):
-        train_diffusion(dataclasses.replace(ok, data=dataclasses.replace(base, embeddings=str(tmp_path / "few.safetensors"))))
+        train_diffusion(
+            dataclasses.replace(
+                ok, data=dataclasses.replace(base, embeddings=str(tmp_path / "few.safetensors"))
+            )
+        )
     with pytest.raises(RangeError, match="unit"):
-        train_diffusion(dataclasses.replace(ok, data=dataclasses.replace(base, embeddings=str(tmp_path / "big.safetensors"))))
+        train_diffusion(
+            dataclasses.replace(
+                ok, data=dataclasses.replace(base, embeddings=str(tmp_path / "big.safetensors"))
+            )
+        )
 
 
 def test_unreadable_training_image_names_the_file(tmp_path):
@@ -151,7 +175,9 @@ def test_unreadable_training_image_names_the_file(tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(f"imgs/a/{i}.png" for i in range(4)))
     cfg = _cfg(tmp_path / "u", steps=1)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=str(lst), contexts="identity"))
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, source=str(lst), contexts="identity")
+    )
     cfg.train = dataclasses.replace(cfg.train, shuffle=False)
     with pytest.raises(FormatError, match="3.png"):
         train_diffusion(cfg)
@@ -188,13 +214,21 @@ def _ldm_keys(ch=32, mult=(1, 2), blocks=1, z=3, n_embed=16):
             cin = ch * m
         if i < len(mult) - 1:
             conv(f"encoder.down.{i}.downsample.conv", cin, cin)
-    res("encoder.mid.block_1", cin, cin), attn("encoder.mid.attn_1", cin), res("encoder.mid.block_2", cin, cin)
+    (
+        res("encoder.mid.block_1", cin, cin),
+        attn("encoder.mid.attn_1", cin),
+        res("encoder.mid.block_2", cin, cin),
+    )
     gn("encoder.norm_out", cin), conv("encoder.conv_out", z, cin)
     conv("quant_conv", z, z, 1), conv("post_quant_conv", z, z, 1)
     d["quantize.embedding.weight"] = (n_embed, z)
     cin = ch * mult[-1]
     conv("decoder.conv_in", cin, z)
-    res("decoder.mid.block_1", cin, cin), attn("decoder.mid.attn_1", cin), res("decoder.mid.block_2", cin, cin)
+    (
+        res("decoder.mid.block_1", cin, cin),
+        attn("decoder.mid.attn_1", cin),
+        res("decoder.mid.block_2", cin, cin),
+    )
     for i in reversed(range(len(mult))):
         for j in range(blocks + 1):
             res(f"decoder.up.{i}.block.{j}", cin, ch * mult[i])
@@ -210,7 +244,13 @@ def test_ldm_vq_state_dicts_load_strictly_into_diffusers_vqmodel(tmp_path):
 
     from facelab.core.diffusion.autoencoder import VQAutoencoder
 
-    cfg = dict(VQ_F4_CONFIG) | {"block_out_channels": [32, 64], "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "num_vq_embeddings": 16}
+    cfg = dict(VQ_F4_CONFIG) | {
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "layers_per_block": 1,
+        "num_vq_embeddings": 16,
+    }
     g = torch.Generator().manual_seed(0)
     layout = _ldm_keys()
     tensors = {k: torch.randn(*s, generator=g) for k, s in layout.items()}
@@ -221,9 +261,18 @@ def test_ldm_vq_state_dicts_load_strictly_into_diffusers_vqmodel(tmp_path):
     ae = VQAutoencoder.from_ldm_f4(tmp_path / "enc.pt", tmp_path / "dec.pt", config=cfg)
     sd = ae.model.state_dict()
     # the decoder's lowest resolution (LDM up.1) is diffusers' first up block
-    assert torch.equal(sd["decoder.up_blocks.0.resnets.0.conv1.weight"], tensors["decoder.up.1.block.0.conv1.weight"])
-    assert torch.equal(sd["decoder.up_blocks.0.upsamplers.0.conv.weight"], tensors["decoder.up.1.upsample.conv.weight"])
-    assert torch.equal(sd["encoder.mid_block.attentions.0.to_q.weight"], tensors["encoder.mid.attn_1.q.weight"][:, :, 0, 0])
+    assert torch.equal(
+        sd["decoder.up_blocks.0.resnets.0.conv1.weight"],
+        tensors["decoder.up.1.block.0.conv1.weight"],
+    )
+    assert torch.equal(
+        sd["decoder.up_blocks.0.upsamplers.0.conv.weight"],
+        tensors["decoder.up.1.upsample.conv.weight"],
+    )
+    assert torch.equal(
+        sd["encoder.mid_block.attentions.0.to_q.weight"],
+        tensors["encoder.mid.attn_1.q.weight"][:, :, 0, 0],
+    )
     assert ae.latent_shape(32) == (3, 16, 16)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert ae.decode(ae.encode(x)).shape == x.shape
@@ -278,6 +327,11 @@ def test_core_imports_without_diffusers(tmp_path):
         sys.exit(main(["synth", "train", "--preset", "toy"]))
         """
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "facelab synth: error:" in p.stderr and "facelab-core[diffusion]" in p.stderr

@@ -8,9 +8,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from facelab.core.diffusion import AttentionController, AttentionRecorder, ConditionalUNet  # noqa: E402
-from facelab.core.diffusion.unet import SinusoidalTimeEmbedding  # noqa: E402
-from facelab.core.errors import (  # noqa: E402
+from facelab.core.diffusion import AttentionController, AttentionRecorder, ConditionalUNet
+from facelab.core.diffusion.unet import SinusoidalTimeEmbedding
+from facelab.core.errors import (
     FormatError,
     KeyMismatchError,
     RangeError,
@@ -79,7 +79,11 @@ def _attn(p, ch, ctx, hc, heads, tokens):
         d |= _conv(f"{p}.{name}.to_k", inner, kv, (1,)) | _conv(f"{p}.{name}.to_v", inner, kv, (1,))
         d |= _conv(f"{p}.{name}.proj_out", inner, inner, (1,))
     d |= _lin(f"{p}.c_proj_in", ctx * tokens, ctx) | _gn(f"{p}.x_norm", inner)
-    d |= _gn(f"{p}.c_norm", ctx) | _lin(f"{p}.ff.0", inner * 4, inner) | _lin(f"{p}.ff.2", inner, inner * 4)
+    d |= (
+        _gn(f"{p}.c_norm", ctx)
+        | _lin(f"{p}.ff.0", inner * 4, inner)
+        | _lin(f"{p}.ff.2", inner, inner * 4)
+    )
     return d
 
 
@@ -96,7 +100,12 @@ def reference_layout(
     learn_empty_context=True,
 ):
     """name -> shape of the reference ConditionalUNet ("CA"), derived from its source."""
-    c0, tc, hc, ctx = initial_channels, initial_channels * 4, attention_head_channels, context_channels
+    c0, tc, hc, ctx = (
+        initial_channels,
+        initial_channels * 4,
+        attention_head_channels,
+        context_channels,
+    )
     d = _conv("image_proj", c0, input_channels, (3, 3))
     d |= _lin("time_emb.lin1", tc, c0) | _lin("time_emb.lin2", tc, tc)
     d |= _lin("context_emb", ctx, context_input_channels)
@@ -157,7 +166,12 @@ def _reference_file(tmp_path, cfg, prefix="module.eps_model.", betas=None, drop=
     a = 1 - b
     ab = torch.cumprod(a, 0)
     # the DDPM wrapper's buffers sit next to eps_model in the released file
-    state |= {"module.betas": b, "module.alphas": a, "module.alpha_bars": ab, "module.sigmas": b.sqrt()}
+    state |= {
+        "module.betas": b,
+        "module.alphas": a,
+        "module.alpha_bars": ab,
+        "module.sigmas": b.sqrt(),
+    }
     state |= extra or {}
     path = tmp_path / "reference.ckpt"
     torch.save(state, path)
@@ -177,14 +191,18 @@ def test_reference_checkpoint_mismatches_are_named(tmp_path):
     path, _ = _reference_file(tmp_path, TINY, drop=("middle.attn.c_norm.weight",))
     with pytest.raises(KeyMismatchError, match=r"middle\.attn\.c_norm\.weight"):
         ConditionalUNet.from_reference_checkpoint(path, config=TINY)
-    path, _ = _reference_file(tmp_path, TINY, extra={"module.eps_model.bogus.weight": torch.zeros(2)})
+    path, _ = _reference_file(
+        tmp_path, TINY, extra={"module.eps_model.bogus.weight": torch.zeros(2)}
+    )
     with pytest.raises(KeyMismatchError, match="bogus"):
         ConditionalUNet.from_reference_checkpoint(path, config=TINY)
     path, _ = _reference_file(tmp_path, TINY, betas=torch.linspace(1e-4, 0.03, 1000))
     with pytest.raises(FormatError, match="linear beta schedule"):
         ConditionalUNet.from_reference_checkpoint(path, config=TINY)
     with pytest.raises(KeyMismatchError, match="shape"):  # another architecture's file
-        ConditionalUNet.from_reference_checkpoint(_reference_file(tmp_path, TINY)[0], config=TINY | {"context_channels": 64})
+        ConditionalUNet.from_reference_checkpoint(
+            _reference_file(tmp_path, TINY)[0], config=TINY | {"context_channels": 64}
+        )
 
 
 class _Evil:
@@ -239,7 +257,10 @@ def _hand_block(block, x, c):
     xin = conv1(block.x_proj_in, x.reshape(b, ch, h * w))
     cc = c @ block.c_proj_in.weight.T + block.c_proj_in.bias
     cc = gn(block.c_norm, cc.reshape(b, block.context_channels, -1))
-    xx = mha(block.self_attention, gn(block.x_norm, xin), None if False else gn(block.x_norm, xin)) + xin
+    xx = (
+        mha(block.self_attention, gn(block.x_norm, xin), None if False else gn(block.x_norm, xin))
+        + xin
+    )
     xx = mha(block.cross_attention, gn(block.x_norm, xx), cc) + xx
     ffin = gn(block.x_norm, xx).transpose(1, 2)
     ff = block.ff[2](torch.nn.functional.gelu(block.ff[0](ffin))).transpose(1, 2)
@@ -278,7 +299,12 @@ def test_controller_path_equals_fused_path_and_sees_every_site():
         model.set_attention_controller(None)
     assert torch.allclose(fused, explicit, atol=1e-5)
     assert sorted(rec.records) == sorted(s.name for s in model.attention_sites())
-    assert rec.records["middle.attn.cross"].shape == (3, 2, 16, 32)  # 64 ch / 32 = 2 heads, 4x4, 32 tokens
+    assert rec.records["middle.attn.cross"].shape == (
+        3,
+        2,
+        16,
+        32,
+    )  # 64 ch / 32 = 2 heads, 4x4, 32 tokens
     assert rec.records["middle.attn.self"].shape == (3, 2, 16, 16)
 
 
@@ -299,7 +325,9 @@ def test_condition_flag_and_empty_context_semantics():
 
 
 def test_training_mode_unconditional_rules():
-    model = ConditionalUNet(**TINY | {"context_dropout_probability": 0.0, "unconditioned_probability": 0.5})
+    model = ConditionalUNet(
+        **TINY | {"context_dropout_probability": 0.0, "unconditioned_probability": 0.5}
+    )
     model.train()
     c = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
     torch.manual_seed(0)
@@ -307,7 +335,9 @@ def test_training_mode_unconditional_rules():
     empty = (emb == model.empty_context_embedding).all(1)
     assert empty[0]  # the reference: sample 0 of a batch is always unconditional
     assert 16 < int(empty.sum()) < 48
-    off = ConditionalUNet(**TINY | {"unconditioned_probability": 0.0, "first_sample_unconditional": False})
+    off = ConditionalUNet(
+        **TINY | {"unconditioned_probability": 0.0, "first_sample_unconditional": False}
+    )
     off.train()
     assert not (off.embed_context(c, 64) == off.empty_context_embedding).all(1).any()
 
