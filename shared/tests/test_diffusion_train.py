@@ -179,7 +179,7 @@ def test_unreadable_training_image_names_the_file(tmp_path):
         cfg, data=dataclasses.replace(cfg.data, source=str(lst), contexts="identity")
     )
     cfg.train = dataclasses.replace(cfg.train, shuffle=False)
-    with pytest.raises(FormatError, match="3.png"):
+    with pytest.raises(FormatError, match=r"3\.png"):
         train_diffusion(cfg)
 
 
@@ -279,7 +279,7 @@ def test_ldm_vq_state_dicts_load_strictly_into_diffusers_vqmodel(tmp_path):
     assert isinstance(ae.model, VQModel)
     del dec["decoder.conv_out.bias"]
     torch.save(dec, tmp_path / "dec2.pt")
-    with pytest.raises(KeyMismatchError, match="decoder.conv_out.bias"):
+    with pytest.raises(KeyMismatchError, match=r"decoder\.conv_out\.bias"):
         VQAutoencoder.from_ldm_f4(tmp_path / "enc.pt", tmp_path / "dec2.pt", config=cfg)
     # the released f4 layout maps onto the full-size diffusers VQModel key for key
     full = {k: torch.empty(0) for k in _ldm_keys(128, (1, 2, 4), 2, 3, 8192)}
