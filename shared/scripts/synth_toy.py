@@ -32,13 +32,19 @@ def main() -> None:
     ap.add_argument("--guidance-scale", type=float, default=1.0)
     ap.add_argument("--recognizer-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="evaluate the EMA weights of this trainer checkpoint (RUN/checkpoints/step_N) "
+        "instead of training to the end",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = synth_presets()["toy"]
     cfg.train = dataclasses.replace(cfg.train, output_dir=args.run, progress=False)
     run = Path(args.run)
     timing = {}
-    if not (run / "generator" / "generator.json").is_file():
+    if args.checkpoint is None and not (run / "generator" / "generator.json").is_file():
         t, c = time.time(), time.process_time()
         res = train_diffusion(cfg)
         timing = {
@@ -49,7 +55,25 @@ def main() -> None:
         print(
             f"trained {res.train.step} steps in {timing['train_wall_s']:.0f} s wall, {timing['train_cpu_s']:.0f} CPU-s"
         )
-    sampler = load_generator(run, num_steps=args.sampling_steps, guidance_scale=args.guidance_scale)
+    if args.checkpoint is not None:
+        from facelab.core.diffusion import IdentitySampler, build_denoiser
+
+        model = build_denoiser(cfg)
+        state = torch.load(Path(args.checkpoint) / "custom_checkpoint_0.pkl", weights_only=True)
+        for p, s in zip(model.parameters(), state["shadow_params"]):
+            p.data.copy_(s)
+        timing["checkpoint"] = args.checkpoint
+        timing["ema_steps"] = int(state["optimization_step"])
+        sampler = IdentitySampler(
+            model.eval(),
+            image_size=cfg.data.image_size,
+            num_steps=args.sampling_steps,
+            guidance_scale=args.guidance_scale,
+        )
+    else:
+        sampler = load_generator(
+            run, num_steps=args.sampling_steps, guidance_scale=args.guidance_scale
+        )
     t = time.time()
     rep = toy_identity_report(
         sampler,

@@ -282,3 +282,49 @@ def test_attribute_spread_is_within_identity_std():
     vals = torch.tensor([1.0, 3.0, 0.0, 1.0, 2.0, 9.0])
     want = np.mean([np.std([1, 3], ddof=1), np.std([0, 1, 2], ddof=1)])  # identity 2: one image
     assert float(attribute_spread(vals, labels)) == pytest.approx(want)
+
+
+def test_embed_identities_and_fr_training_on_a_generated_set(tmp_path):
+    from facelab.core.backbones import get_backbone
+    from facelab.core.diffusion import embed_identities
+    from facelab.core.diffusion.metrics import train_on_synthetic
+    from facelab.core.eval import embed
+    from facelab.core.recipe import DataConfig
+    from facelab.core.train import TrainConfig
+
+    out = tmp_path / "ds"
+    generate_dataset(
+        _sampler(),
+        random_identities(3, 8, 0),
+        out,
+        images_per_identity=4,
+        image_size=32,
+        progress=False,
+    )
+    torch.manual_seed(0)
+    rec = get_backbone("r18", input_size=32, embedding_size=16, base_width=8).eval()
+    names, means = embed_identities(rec, out)
+    from facelab.core.data.folders import IdentityFolderDataset
+
+    ds = IdentityFolderDataset(out)
+    emb = embed(rec, torch.stack([ds[i][0] for i in range(len(ds))]), flip=True)
+    want = torch.nn.functional.normalize(
+        torch.stack(
+            [torch.nn.functional.normalize(emb[ds.labels == k], dim=1).sum(0) for k in range(3)]
+        ),
+        dim=1,
+    )
+    assert names == ["000000", "000001", "000002"]
+    assert torch.allclose(means, want, atol=1e-5)
+    res = train_on_synthetic(
+        out,
+        output_dir=tmp_path / "fr",
+        data=DataConfig(
+            image_size=32, eval_identities=10, eval_images_per_identity=3, eval_pairs=40
+        ),
+        train=TrainConfig(max_steps=2, batch_size=4, lr=0.01, progress=False, log_every=1),
+        backbone="r18",
+        base_width=8,
+        embedding_size=16,
+    )
+    assert "toy-heldout-real" in res and 0.0 <= res["toy-heldout-real"].accuracy <= 1.0

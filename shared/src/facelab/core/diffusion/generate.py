@@ -161,7 +161,9 @@ def generate_dataset(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    width = contexts.shape[1] if contexts.dim() == 2 else -1
+    width = getattr(sampler.denoiser, "context_width", None)
+    if width is None:
+        width = contexts.shape[1] if contexts.dim() == 2 else -1
     ctx = check_contexts(contexts, width).cpu()
     c_count = ctx.shape[0]
     for name, v, lo in (
