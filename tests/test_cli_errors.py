@@ -35,6 +35,12 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["train", "--mode", "plain", "--target-epsilon", "1e-9"],
         ["compare", "--epsilons", "0", "--out", "{tmp}/o"],
     ],
+    "synth": [
+        ["train", "--preset", "nope"],
+        ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
+        ["sample", "--generator", "{tmp}", "--out", "{tmp}/o", "--steps", "0"],
+        ["eval", "--dataset", NOPE, "--recognizer", NOPE],
+    ],
 }
 
 #: commands that read no user input

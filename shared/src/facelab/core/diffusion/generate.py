@@ -352,6 +352,6 @@ def _process_state(accelerator: Any):
 def _progress(total: int, on: bool, world: int):
     if not on:
         return None
-    from tqdm.auto import tqdm
+    from facelab.core.progress import progress_bar
 
-    return tqdm(total=total * world, desc="generate", unit="img", dynamic_ncols=True)
+    return progress_bar(total=total * world, desc="generate", unit="img", dynamic_ncols=True)
