@@ -124,9 +124,10 @@ def sample_command(args: SampleArgs):
         guidance_form=args.guidance_form,
         alpha_prev=args.alpha_prev,
     )
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from accelerate import PartialState
+
+    # under `accelerate launch` every process takes its own GPU
+    device = PartialState().device if args.device == "auto" else torch.device(args.device)
     sampler.denoiser.to(device=device, dtype=getattr(torch, args.dtype))
     sampler.autoencoder.to(device=device)
     ctx = _load_contexts(args, sampler.denoiser.context_width)
