@@ -49,9 +49,9 @@ def test_full_suites_need_data_paths(capsys, tmp_path):
         main(["ppfr", "--train-data", str(tmp_path)])
     assert "--eval-bins" in capsys.readouterr().err
     rc = main(["ppfr", "--train-data", str(tmp_path), "--eval-bins", str(tmp_path / "no.bin")])
-    assert rc == 1 and "no such file" in capsys.readouterr().err
+    assert rc == 2 and "no such file" in capsys.readouterr().err
     rc = main(["templates", "--train-data", str(tmp_path / "none"), "--eval-bins", "x.bin"])
-    assert rc == 1 and "expected an existing folder" in capsys.readouterr().err
+    assert rc == 2 and "expected an existing folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["quick", "--train-data", str(tmp_path)])
     assert "apply to the ppfr and templates suites only" in capsys.readouterr().err
