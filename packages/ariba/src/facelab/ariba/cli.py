@@ -47,12 +47,17 @@ def train(cfg: SimConfig, output_dir: str = "runs/ariba", flower: bool = False) 
     return 0
 
 
-def compare(cfg: CompareConfig) -> int:
-    """Every strategy against every attack over seeds: table, results.json and plots."""
+def compare(cfg: CompareConfig, fresh: bool = False, report_only: bool = False) -> int:
+    """Every strategy against every attack over seeds: table, results.json and plots (runs
+    already in OUT/runs.jsonl are kept unless --fresh; --report-only only rebuilds the table)."""
     from facelab.ariba.compare import compare as run
-    from facelab.ariba.compare import markdown
+    from facelab.ariba.compare import markdown, read_records, write_report
 
-    rows = run(cfg)
+    if report_only:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        rows = write_report(cfg, read_records(Path(cfg.out) / "runs.jsonl"))
+    else:
+        rows = run(cfg, resume=not fresh)
     print(markdown(rows))
     print(f"report: {Path(cfg.out) / 'report.md'}")
     return 0

@@ -41,7 +41,7 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     tail: int = 3
     out: str = "results/ariba-compare"
-    base: SimConfig = field(default_factory=lambda: SimConfig(rounds=15))
+    base: SimConfig = field(default_factory=lambda: SimConfig(rounds=10))
 
     def __post_init__(self) -> None:
         for a in self.attacks:
@@ -72,40 +72,57 @@ def run_one(cfg: CompareConfig, attack: str, strategy: str, seed: int) -> RunRes
     return simulate(sim)
 
 
-def summarize(cfg: CompareConfig, runs: dict[tuple[str, str], list[RunResult]]) -> list[dict]:
+def run_record(attack: str, strategy: str, seed: int, result: RunResult) -> dict[str, Any]:
+    """One run as a JSON line: per-round accuracy, ASR, aggregation time, detection counts."""
+    return {
+        "attack": attack,
+        "strategy": strategy,
+        "seed": seed,
+        "accuracy": [r.accuracy for r in result.rounds],
+        "asr": [r.asr for r in result.rounds],
+        "seconds": [r.seconds for r in result.rounds],
+        "detection": result.detection(),
+    }
+
+
+def summarize(cfg: CompareConfig, records: list[dict[str, Any]]) -> list[dict]:
+    """Mean +- sd over seeds per (attack, strategy), in the order of ``cfg``."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["attack"], rec["strategy"]), []).append(rec)
     rows = []
-    for (attack, strategy), rs in runs.items():
-        acc = [statistics.fmean(r.accuracy for r in x.rounds[-cfg.tail :]) for x in rs]
-        asr = [statistics.fmean(r.asr for r in x.rounds[-cfg.tail :]) for x in rs]
-        ms = [1e3 * statistics.fmean(r.seconds for r in x.rounds) for x in rs]
-        precision, recall, fp_per_round = [], [], []
-        for x in rs:
-            d = x.detection()
-            if d is None:
+    for attack in cfg.attacks:
+        for strategy in cfg.strategies:
+            rs = groups.get((attack, strategy))
+            if not rs:
                 continue
-            tp, fp, fn = d
-            precision.append(tp / (tp + fp) if tp + fp else math.nan)
-            recall.append(tp / (tp + fn) if tp + fn else math.nan)
-            fp_per_round.append(fp / len(x.rounds))
-        row: dict[str, Any] = {"attack": attack, "strategy": strategy, "seeds": len(rs)}
-        for name, xs in (
-            ("accuracy", acc),
-            ("asr", asr),
-            ("precision", precision),
-            ("recall", recall),
-            ("fp_per_round", fp_per_round),
-            ("ms_per_aggregation", ms),
-        ):
-            row[name], row[name + "_sd"] = _mean_sd(xs)
-        row["curves"] = {
-            "accuracy": [
-                statistics.fmean(x.rounds[i].accuracy for x in rs) for i in range(len(rs[0].rounds))
-            ],
-            "asr": [
-                statistics.fmean(x.rounds[i].asr for x in rs) for i in range(len(rs[0].rounds))
-            ],
-        }
-        rows.append(row)
+            acc = [statistics.fmean(x["accuracy"][-cfg.tail :]) for x in rs]
+            asr = [statistics.fmean(x["asr"][-cfg.tail :]) for x in rs]
+            ms = [1e3 * statistics.fmean(x["seconds"]) for x in rs]
+            precision, recall, fp_per_round = [], [], []
+            for x in rs:
+                if x["detection"] is None:
+                    continue
+                tp, fp, fn = x["detection"]
+                precision.append(tp / (tp + fp) if tp + fp else math.nan)
+                recall.append(tp / (tp + fn) if tp + fn else math.nan)
+                fp_per_round.append(fp / len(x["accuracy"]))
+            row: dict[str, Any] = {"attack": attack, "strategy": strategy, "seeds": len(rs)}
+            for name, xs in (
+                ("accuracy", acc),
+                ("asr", asr),
+                ("precision", precision),
+                ("recall", recall),
+                ("fp_per_round", fp_per_round),
+                ("ms_per_aggregation", ms),
+            ):
+                row[name], row[name + "_sd"] = _mean_sd(xs)
+            n = min(len(x["accuracy"]) for x in rs)
+            row["curves"] = {
+                k: [statistics.fmean(x[k][i] for x in rs) for i in range(n)]
+                for k in ("accuracy", "asr")
+            }
+            rows.append(row)
     return rows
 
 
@@ -155,28 +172,49 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def compare(cfg: CompareConfig, progress: bool = True) -> list[dict]:
-    """Run the grid, write ``results.json``, ``report.md`` and one plot per attack under
-    ``cfg.out``; returns the summary rows."""
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(cfg: CompareConfig, records: list[dict[str, Any]]) -> list[dict]:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs: dict[tuple[str, str], list[RunResult]] = {}
-    for attack in cfg.attacks:
-        for strategy in cfg.strategies:
-            for seed in cfg.seeds:
-                r = run_one(cfg, attack, strategy, seed)
-                runs.setdefault((attack, strategy), []).append(r)
-                if progress:
-                    f = r.final
-                    print(
-                        f"{attack:18s} {strategy:14s} seed {seed}: acc {100 * f.accuracy:5.1f} "
-                        f"asr {100 * f.asr:5.1f}",
-                        flush=True,
-                    )
-    rows = summarize(cfg, runs)
+    rows = summarize(cfg, records)
     (out / "results.json").write_text(
         json.dumps({"config": dataclasses.asdict(cfg), "rows": rows}, indent=1, default=str)
     )
     (out / "report.md").write_text(markdown(rows) + "\n")
     plot(rows, out)
     return rows
+
+
+def compare(cfg: CompareConfig, progress: bool = True, resume: bool = True) -> list[dict]:
+    """Run the grid (seed by seed, so an early stop leaves whole tables), appending each run to
+    ``runs.jsonl`` under ``cfg.out`` (``resume``: runs already there are not repeated); then
+    write ``results.json``, ``report.md`` and one plot per attack. Returns the summary rows."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.jsonl"
+    records = read_records(log) if resume else []
+    if not resume:
+        log.write_text("")
+    done = {(r["attack"], r["strategy"], r["seed"]) for r in records}
+    for seed in cfg.seeds:
+        for attack in cfg.attacks:
+            for strategy in cfg.strategies:
+                if (attack, strategy, seed) in done:
+                    continue
+                result = run_one(cfg, attack, strategy, seed)
+                rec = run_record(attack, strategy, seed, result)
+                records.append(rec)
+                with log.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                if progress:
+                    f = result.final
+                    print(
+                        f"{attack:18s} {strategy:14s} seed {seed}: acc {100 * f.accuracy:5.1f} "
+                        f"asr {100 * f.asr:5.1f}",
+                        flush=True,
+                    )
+    return write_report(cfg, records)
