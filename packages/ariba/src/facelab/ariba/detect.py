@@ -115,13 +115,14 @@ class Detection:
 
 
 def median0(x: torch.Tensor) -> torch.Tensor:
-    """Median over dim 0 (the mean of the two middle values for an even count, as numpy)."""
+    """Median over dim 0 (the mean of the two middle values for an even count, as numpy).
+    Clients go to the last, contiguous dimension first: sorting short contiguous rows is
+    about twice as fast as selecting along a strided first dimension."""
     n = x.shape[0]
+    s = torch.sort(x.movedim(0, -1).contiguous(), dim=-1).values
     if n % 2:
-        return torch.kthvalue(x, n // 2 + 1, dim=0).values
-    lo = torch.kthvalue(x, n // 2, dim=0).values
-    hi = torch.kthvalue(x, n // 2 + 1, dim=0).values
-    return (lo + hi) / 2
+        return s[..., n // 2]
+    return (s[..., n // 2 - 1] + s[..., n // 2]) / 2
 
 
 def robust_z(v: torch.Tensor) -> torch.Tensor:
