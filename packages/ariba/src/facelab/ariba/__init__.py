@@ -11,7 +11,7 @@ from facelab.ariba.app import (
     make_server_app,
 )
 from facelab.ariba.attacks import ATTACKS, AttackConfig, LocalConfig, client_update
-from facelab.ariba.compare import SCENARIOS, CompareConfig, compare
+from facelab.ariba.compare import SCENARIOS, CompareConfig, compare, quality_rows
 from facelab.ariba.data import DataConfig, Trigger, dirichlet_split, load
 from facelab.ariba.detect import (
     DETECTORS,
@@ -67,6 +67,7 @@ __all__ = [
     "norm_detect",
     "outlier_flags",
     "prune_by_counts",
+    "quality_rows",
     "robust_z",
     "run_flower_simulation",
     "simulate",

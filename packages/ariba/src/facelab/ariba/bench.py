@@ -117,9 +117,7 @@ else:
     Krum(num_malicious_nodes=max(1, {num_clients} // 10)).aggregate_train(1, replies)
 print(json.dumps(peak() - base))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

@@ -218,3 +218,11 @@ def compare(cfg: CompareConfig, progress: bool = True, resume: bool = True) -> l
                         flush=True,
                     )
     return write_report(cfg, records)
+
+
+def quality_rows(cfg: CompareConfig | None = None, progress: bool = False) -> list[dict]:
+    """The comparison as flat rows (no curves) for a family suite such as ``facelab bench
+    fl``: attack, strategy, accuracy, ASR, precision, recall, benign pruned per round and ms
+    per aggregation, each with its sd over seeds."""
+    rows = compare(cfg or CompareConfig(), progress=progress)
+    return [{k: v for k, v in r.items() if k != "curves"} for r in rows]

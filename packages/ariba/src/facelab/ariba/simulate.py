@@ -176,30 +176,87 @@ def simulate(cfg: SimConfig, strategy: Strategy | None = None, verbose: bool = F
     return _collect(cfg, strategy, result, seconds)
 
 
-def run_flower_simulation(cfg: SimConfig, num_cpus: int = 2, verbose: bool = False) -> RunResult:
-    """Run ``cfg`` in Flower's simulation engine (``flwr.simulation.run_simulation``, Ray
-    backend, one CPU per ClientApp, ``num_cpus`` for Ray): every ClientApp runs in a Ray worker
-    process and messages go through Flower's in-memory SuperLink."""
+def _flower_child(cfg: SimConfig, num_cpus: int, verbose: bool, queue: Any) -> None:
+    """Child process of ``run_flower_simulation``: runs Flower's simulation and sends back the
+    ``RunResult`` (arrays as numpy) or the error text, then exits at once: when Ray's node
+    fails to start, Flower's ServerApp thread (not a daemon) keeps waiting for nodes forever
+    and would keep the process alive."""
+    import os
+
+    status, payload = "error", "unknown error"
     try:
         from flwr.simulation import run_simulation
+
+        if not verbose:
+            quiet_flower()
+        sink: dict[str, Any] = {}
+        run_simulation(
+            server_app=make_server_app(cfg, sink),
+            client_app=make_client_app(cfg),
+            num_supernodes=cfg.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": num_cpus, "log_to_driver": verbose},
+            },
+            verbose_logging=verbose,
+        )
+        if "result" not in sink:
+            payload = "the ServerApp did not finish (see the log)"
+        else:
+            res = _collect(cfg, sink["strategy"], sink["result"], [])
+            res.arrays = {k: v.numpy() for k, v in res.arrays.to_torch_state_dict().items()}
+            status, payload = "ok", res
+    except BaseException as exc:  # reported to the parent, which raises
+        cause = exc.__cause__ or exc.__context__
+        payload = f"{type(exc).__name__}: {exc}" + (f" (caused by {cause})" if cause else "")
+    finally:
+        queue.put((status, payload))
+        try:
+            import ray
+
+            ray.shutdown()
+        except Exception:
+            pass
+        os._exit(0)
+
+
+def run_flower_simulation(
+    cfg: SimConfig, num_cpus: int = 2, verbose: bool = False, timeout: float = 900.0
+) -> RunResult:
+    """Run ``cfg`` in Flower's simulation engine (``flwr.simulation.run_simulation``, Ray
+    backend, one CPU per ClientApp, ``num_cpus`` for Ray): every ClientApp runs in a Ray worker
+    process and messages go through Flower's in-memory SuperLink. The simulation runs in a
+    child process (a failed Ray start would otherwise leave Flower's ServerApp thread waiting
+    for nodes forever); ``timeout`` seconds bound it."""
+    import multiprocessing
+    import queue as queue_mod
+
+    try:
+        import ray  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the extra
         raise ImportError(
             "run_flower_simulation needs Flower's simulation engine: "
             "pip install 'facelab-ariba[simulation]'"
         ) from exc
-    if not verbose:
-        quiet_flower()
-    sink: dict[str, Any] = {}
-    run_simulation(
-        server_app=make_server_app(cfg, sink),
-        client_app=make_client_app(cfg),
-        num_supernodes=cfg.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": num_cpus, "log_to_driver": verbose},
-        },
-        verbose_logging=verbose,
-    )
-    if "result" not in sink:
-        raise RuntimeError("run_flower_simulation: the ServerApp did not finish (see the log)")
-    return _collect(cfg, sink["strategy"], sink["result"], [])
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_flower_child, args=(cfg, num_cpus, verbose, q))
+    proc.start()
+    try:
+        status, payload = q.get(timeout=timeout)
+    except queue_mod.Empty:
+        raise RuntimeError(
+            f"run_flower_simulation: no result within {timeout:.0f} s (Flower/Ray stalled)"
+        ) from None
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status != "ok":
+        raise RuntimeError(f"run_flower_simulation: the simulation failed: {payload}")
+    import torch
+    from flwr.app import ArrayRecord
+
+    payload.arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in payload.arrays.items()})
+    return payload
