@@ -185,10 +185,30 @@ def _flower_child(cfg: SimConfig, num_cpus: int, verbose: bool, queue: Any) -> N
 
     status, payload = "error", "unknown error"
     try:
+        import sys
+
+        import ray
         from flwr.simulation import run_simulation
 
         if not verbose:
             quiet_flower()
+        # Flower starts Ray only if it is not running yet. Ray gives its node a fixed 30 s to
+        # come up; on a loaded machine that can fail, and Flower would then wait for nodes
+        # forever. We start Ray here (Flower's own arguments) and try up to three times.
+        pythonpath = os.pathsep.join(sys.path)
+        for attempt in range(3):
+            try:
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=verbose,
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                )
+                break
+            except Exception as exc:
+                ray.shutdown()
+                if "timed out during startup" not in str(exc) or attempt == 2:
+                    raise
         sink: dict[str, Any] = {}
         run_simulation(
             server_app=make_server_app(cfg, sink),
