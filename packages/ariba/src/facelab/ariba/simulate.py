@@ -231,6 +231,8 @@ def _flower_child(cfg: SimConfig, num_cpus: int, verbose: bool, queue: Any) -> N
         payload = f"{type(exc).__name__}: {exc}" + (f" (caused by {cause})" if cause else "")
     finally:
         queue.put((status, payload))
+        queue.close()
+        queue.join_thread()  # the feeder thread must flush before os._exit
         try:
             import ray
 
