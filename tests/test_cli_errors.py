@@ -30,6 +30,12 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     "partialface": [["embed", "--run", NOPE, "--images", NOPE, "--out", "{tmp}/x"]],
     "minusface": [["train", "--preset", "nope"], ["protect", "--model", NOPE, "--out", "{tmp}/o"]],
     "slerpface": [["enroll", "--templates", NOPE, "--keystore", "{tmp}/k", "--out", "{tmp}/o"]],
+    "ariba": [
+        ["detect", "--updates", NOPE, NOPE],
+        ["detect", "--updates", "{corrupt}", "{corrupt}"],
+        ["simulate", "--cfg.num-clients", "2"],
+        ["compare", "--cfg.attacks", "nope", "--cfg.out", "{tmp}/o"],
+    ],
     "vflafe": [
         ["train", "--clip-norm", "0"],
         ["train", "--mode", "plain", "--target-epsilon", "1e-9"],

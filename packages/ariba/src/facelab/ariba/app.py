@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from facelab.ariba._checks import checks_deferred
 from facelab.ariba.attacks import AttackConfig, LocalConfig, client_update
 from facelab.ariba.data import DataConfig, Split, Trigger, dirichlet_split, load
 from facelab.ariba.detect import DetectorConfig
@@ -89,6 +90,11 @@ class SimConfig:
     clip_norm: float | None = None
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.strategy not in STRATEGIES:
             raise UnknownNameError(f"strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
         if self.num_clients < 3:

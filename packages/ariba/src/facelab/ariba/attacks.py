@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from facelab.ariba._checks import checks_deferred
 from facelab.ariba.data import Trigger
 from facelab.core.errors import RangeError
 from facelab.core.train import TrainConfig, Trainer
@@ -49,6 +50,11 @@ class AttackConfig:
     norm_slack: float = 1.0
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.kind not in ATTACKS:
             raise RangeError(f"attack.kind: expected one of {ATTACKS}, got {self.kind!r}")
         if self.num_attackers < 0:
@@ -89,6 +95,11 @@ class LocalConfig:
     momentum: float = 0.9
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.local_epochs < 1 or self.batch_size < 1:
             raise RangeError(
                 "local: expected local_epochs >= 1 and batch_size >= 1, got "

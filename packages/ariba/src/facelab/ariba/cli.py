@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from facelab.ariba._checks import checked_command, deferred_checks
 from facelab.ariba.app import SimConfig
 from facelab.ariba.compare import CompareConfig
 
@@ -22,6 +23,7 @@ def _print_run(result) -> None:
         )
 
 
+@checked_command
 def simulate(cfg: SimConfig, flower: bool = False, out: str | None = None) -> int:
     """One federated run on offline data: accuracy, attack success rate and pruning per round
     (``--flower``: in Flower's Ray simulation instead of the in-process grid)."""
@@ -37,6 +39,7 @@ def simulate(cfg: SimConfig, flower: bool = False, out: str | None = None) -> in
     return 0
 
 
+@checked_command
 def train(cfg: SimConfig, output_dir: str = "runs/ariba", flower: bool = False) -> int:
     """Federated training with the configured strategy; saves the global model and history."""
     from facelab.ariba.train import train as run
@@ -47,6 +50,7 @@ def train(cfg: SimConfig, output_dir: str = "runs/ariba", flower: bool = False) 
     return 0
 
 
+@checked_command
 def compare(cfg: CompareConfig, fresh: bool = False, report_only: bool = False) -> int:
     """Every strategy against every attack over seeds: table, results.json and plots (runs
     already in OUT/runs.jsonl are kept unless --fresh; --report-only only rebuilds the table)."""
@@ -63,6 +67,7 @@ def compare(cfg: CompareConfig, fresh: bool = False, report_only: bool = False) 
     return 0
 
 
+@checked_command
 def detect(
     updates: list[str],
     num_prune: int = 1,
@@ -115,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from facelab.core.cli import subcommands
 
     args = list(sys.argv[1:] if argv is None else argv)
-    rc = subcommands("facelab ariba", COMMANDS, args, description=__doc__ or "")
+    with deferred_checks():  # the commands validate what tyro built (one-line errors)
+        rc = subcommands("facelab ariba", COMMANDS, args, description=__doc__ or "")
     return int(rc or 0)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facelab.ariba._checks import checks_deferred
 from facelab.ariba.app import STRATEGIES, SimConfig
 from facelab.ariba.attacks import AttackConfig
 from facelab.ariba.simulate import RunResult, simulate
@@ -44,6 +45,11 @@ class CompareConfig:
     base: SimConfig = field(default_factory=lambda: SimConfig(rounds=10))
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         for a in self.attacks:
             if a not in SCENARIOS:
                 raise UnknownNameError(

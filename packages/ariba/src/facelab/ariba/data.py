@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from facelab.ariba._checks import checks_deferred
 from facelab.core.errors import RangeError
 
 DATASETS = ("digits", "toyfaces")
@@ -27,6 +28,11 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.name not in DATASETS:
             raise RangeError(f"data.name: expected one of {DATASETS}, got {self.name!r}")
         if not (0.0 < self.test_fraction < 1.0):

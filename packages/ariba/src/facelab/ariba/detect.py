@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from facelab.ariba._checks import checks_deferred
 from facelab.ariba.fragments import FragmentConfig, stack_fragments
 from facelab.core.errors import FacelabTypeError, RangeError
 
@@ -67,6 +68,11 @@ class DetectorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.detector not in DETECTORS:
             raise RangeError(f"detector: expected one of {DETECTORS}, got {self.detector!r}")
         feats = tuple(self.features)

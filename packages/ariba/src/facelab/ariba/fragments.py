@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from facelab.ariba._checks import checks_deferred
 from facelab.core.errors import FacelabTypeError, KeyMismatchError, RangeError, ShapeError
 
 GRANULARITIES = ("filter", "tensor", "chunk")
@@ -38,6 +39,11 @@ class FragmentConfig:
     chunk_size: int = 64
 
     def __post_init__(self) -> None:
+        if not checks_deferred():
+            self.validate()
+
+    def validate(self) -> None:
+        """Raise a FacelabError on a bad value (see ``_checks``)."""
         if self.granularity not in GRANULARITIES:
             raise RangeError(
                 f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}"
