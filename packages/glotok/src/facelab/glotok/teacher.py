@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from facelab.core.errors import FormatError
+from facelab.core.errors import FormatError, KeyMismatchError
 from facelab.glotok.histogram import (
     DEFAULT_BINS,
     TeacherHistogram,
@@ -164,6 +164,11 @@ def resolve_teacher(
         return hist
     if cfg.histogram is not None:
         hist = TeacherHistogram.load(cfg.histogram)
+        if hist.bins != cfg.bins or (cfg.alpha is not None and abs(hist.alpha - cfg.alpha) > 1e-9 * cfg.alpha):
+            raise KeyMismatchError(
+                f"teacher histogram {cfg.histogram}: computed with bins={hist.bins}, "
+                f"alpha={hist.alpha}; this run expects bins={cfg.bins}, alpha={cfg.alpha or 'default'}"
+            )
     elif cfg.codebook is not None:
         hist = teacher_histogram_from_codebook(
             load_codebook_file(cfg.codebook),

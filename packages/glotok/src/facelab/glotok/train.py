@@ -153,6 +153,7 @@ def presets() -> dict[str, TokenizerRecipe]:
             scheduler="constant",
             seed=0,
             log_every=50,
+            ddp_find_unused_parameters=True,
         ),
         eval_images=500,
     )
