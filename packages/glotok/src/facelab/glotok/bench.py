@@ -246,7 +246,7 @@ def markdown(
     ]
     for r in summary(rows, TOK_KEYS):
         lines.append(
-            f"| {r['variant']} | {pm(r, 'rfid', '.2f')} | {pm(r, 'psnr', '.2f')} | {pm(r, 'ssim')} | {pm(r, 'hist_kl')} | "
+            f"| {r['variant']} | {pm(r, 'rfid', '.4f')} | {pm(r, 'psnr', '.2f')} | {pm(r, 'ssim')} | {pm(r, 'hist_kl')} | "
             f"{pm(r, 'usage_semantic', '.2f')} | {pm(r, 'usage_visual', '.2f')} | {pm(r, 'perplexity_semantic', '.1f')} | "
             f"{pm(r, 'uniformity_latent')} | {PAPER_RFID.get(r['variant'], '-')} |"
         )
@@ -259,7 +259,7 @@ def markdown(
             "|---|---|---|",
         ]
         for r in summary(gen_rows, ["gfid", "ar_loss"]):
-            lines.append(f"| {r['variant']} | {pm(r, 'gfid', '.2f')} | {pm(r, 'ar_loss')} |")
+            lines.append(f"| {r['variant']} | {pm(r, 'gfid', '.4f')} | {pm(r, 'ar_loss')} |")
     return "\n".join(lines) + "\n"
 
 

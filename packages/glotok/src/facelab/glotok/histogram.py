@@ -14,7 +14,8 @@ Memory: the pairwise tensor of a 16,384-entry codebook with 40 bins holds 16,384
 histogram is one autograd node (``_PairHistogram``) that walks the codebook in row blocks: the
 forward pass keeps only the normalized codebook, and the backward pass recomputes each block's
 weights to form the gradient ``dL/dT = W T`` block by block, so peak memory is one block of
-``rows x K x bins`` values (``chunk_elements``, 2^23 by default: 32 MiB in float32).
+``rows x K x bins`` values (``chunk_elements``, 2^22 by default: 16 MiB in float32, a few
+such buffers live at once).
 
 ``alpha`` is not given in the paper. Our default puts the Gaussian's standard deviation at one
 bin spacing ``delta = 2 / (N - 1)``: ``alpha = 1 / (2 delta^2) = (N - 1)^2 / 8`` (190.1 for 40
@@ -55,7 +56,7 @@ EMPTY_BIN_EPS = 1e-10
 #: a codebook row with a norm below this cannot be normalized (its cosine is undefined)
 ZERO_NORM = 1e-12
 #: elements of one block of the pairwise-weights tensor (rows x K x bins)
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 HIST_FORMAT = "facelab.glotok.teacher-histogram"
 
