@@ -52,7 +52,11 @@ def test_histogram_equals_bruteforce_numpy(bins, alpha):
 
 def test_bin_centers_and_default_alpha_overlap():
     c = bin_centers(40, dtype=torch.float64)
-    assert c[0] == -1 and c[-1] == 1 and torch.allclose(c[1] - c[0], torch.tensor(2 / 39, dtype=torch.float64))
+    assert (
+        c[0] == -1
+        and c[-1] == 1
+        and torch.allclose(c[1] - c[0], torch.tensor(2 / 39, dtype=torch.float64))
+    )
     alpha = default_alpha(40)
     delta = 2 / 39
     # a value on a centre gives its neighbour exp(-1/2); midway between two centres both get 0.88
@@ -76,7 +80,9 @@ def test_chunked_backward_equals_naive_autograd(chunk_elements):
 def test_gradcheck_small():
     torch.manual_seed(1)
     cb = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda c: codebook_histogram(c, 6, 2.0, chunk_elements=25), (cb,))
+    assert torch.autograd.gradcheck(
+        lambda c: codebook_histogram(c, 6, 2.0, chunk_elements=25), (cb,)
+    )
 
 
 def test_forward_saves_no_pairwise_tensor():
@@ -90,7 +96,9 @@ def test_forward_saves_no_pairwise_tensor():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = histogram_relation_loss(cb, torch.full((bins,), 1 / bins), chunk_elements=k * bins * 4)
+        loss = histogram_relation_loss(
+            cb, torch.full((bins,), 1 / bins), chunk_elements=k * bins * 4
+        )
     loss.backward()
     assert max(saved) <= k * d  # the naive version saves k*k*bins = 3.6M values
     saved.clear()

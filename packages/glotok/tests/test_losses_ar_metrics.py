@@ -39,7 +39,9 @@ def test_one_backward_gan_update_routes_gradients(make_tokenizer, images):
 
     torch.manual_seed(0)
     model, disc = make_tokenizer(), PatchDiscriminator(3, 8, 2)
-    cfg = TokenizerRecipe(model=model.cfg, loss=LossConfig(perceptual="none", disc_start=0, hist_weight=0))
+    cfg = TokenizerRecipe(
+        model=model.cfg, loss=LossConfig(perceptual="none", disc_start=0, hist_weight=0)
+    )
     mods = {"tokenizer": model, "disc": disc}
 
     class Ctx:
@@ -100,7 +102,9 @@ def test_fid_with_a_pluggable_extractor_equals_scipy():
     real = torch.rand(40, 3, 2, 2, generator=g) * 2 - 1
     fake = (torch.rand(40, 3, 2, 2, generator=g) * 2 - 1) * 0.5 + 0.2
     got = frechet_distance(real, fake, Flat(), batch_size=16)
-    want = _scipy_fid(real.flatten(1)[:, :6].double().numpy(), fake.flatten(1)[:, :6].double().numpy())
+    want = _scipy_fid(
+        real.flatten(1)[:, :6].double().numpy(), fake.flatten(1)[:, :6].double().numpy()
+    )
     assert math.isclose(got, want, rel_tol=1e-4)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         frechet_distance(real, fake, inception_weights="/nonexistent/pt_inception.pth")
@@ -129,7 +133,9 @@ def test_reconstruction_and_code_metrics():
 
 def tiny_ar(seed: int = 0) -> ARTransformer:
     torch.manual_seed(seed)
-    return ARTransformer(ARConfig(num_classes=5, grid=3, semantic_codes=7, visual_codes=11, dim=32, depth=2, heads=4)).eval()
+    return ARTransformer(
+        ARConfig(num_classes=5, grid=3, semantic_codes=7, visual_codes=11, dim=32, depth=2, heads=4)
+    ).eval()
 
 
 @pytest.mark.parametrize("cfg_scale,top_k", [(1.0, None), (2.5, 3)])
@@ -174,7 +180,11 @@ def test_ar_bad_input():
     with pytest.raises(RangeError, match=r"\[0, 4\]"):
         ar.generate(torch.tensor([5]))
     with pytest.raises(ShapeError, match=r"\(B, 9\)"):
-        ar(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long), torch.tensor([0]))
+        ar(
+            torch.zeros(1, 8, dtype=torch.long),
+            torch.zeros(1, 8, dtype=torch.long),
+            torch.tensor([0]),
+        )
     with pytest.raises(RangeError, match="semantic tokens"):
         ar(torch.full((1, 9), 7), torch.zeros(1, 9, dtype=torch.long), torch.tensor([0]))
     with pytest.raises(RangeError, match="temperature"):

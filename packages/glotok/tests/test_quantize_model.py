@@ -69,7 +69,9 @@ def test_tokenizer_shapes_decode_and_residual(make_tokenizer, images):
     assert torch.allclose(model.decode(sem, vis), out.recon, atol=1e-5)
     # the refiners start at zero (zero-initialized output), so L_res is the quantization error
     assert torch.equal(out.residual_semantic, torch.zeros_like(out.residual_semantic))
-    q_err = F.mse_loss(out.semantic.codes, out.semantic.z) + F.mse_loss(out.visual.codes, out.visual.z)
+    q_err = F.mse_loss(out.semantic.codes, out.semantic.z) + F.mse_loss(
+        out.visual.codes, out.visual.z
+    )
     assert torch.allclose(out.loss_res, q_err, atol=1e-6)
     plain = make_tokenizer(residual=False)
     assert plain.semantic_residual is None and float(plain(images).loss_res) == 0.0

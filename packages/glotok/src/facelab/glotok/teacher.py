@@ -164,7 +164,9 @@ def resolve_teacher(
         return hist
     if cfg.histogram is not None:
         hist = TeacherHistogram.load(cfg.histogram)
-        if hist.bins != cfg.bins or (cfg.alpha is not None and abs(hist.alpha - cfg.alpha) > 1e-9 * cfg.alpha):
+        if hist.bins != cfg.bins or (
+            cfg.alpha is not None and abs(hist.alpha - cfg.alpha) > 1e-9 * cfg.alpha
+        ):
             raise KeyMismatchError(
                 f"teacher histogram {cfg.histogram}: computed with bins={hist.bins}, "
                 f"alpha={hist.alpha}; this run expects bins={cfg.bins}, alpha={cfg.alpha or 'default'}"
