@@ -29,6 +29,13 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     ],
     "partialface": [["embed", "--run", NOPE, "--images", NOPE, "--out", "{tmp}/x"]],
     "minusface": [["train", "--preset", "nope"], ["protect", "--model", NOPE, "--out", "{tmp}/o"]],
+    "glotok": [
+        ["train", "--preset", "nope"],
+        ["train", "--preset", "toy", "--data.source", NOPE],
+        ["eval", "--tokenizer", NOPE],
+        ["tokenize", "--tokenizer", "{tmp}", "--out", "{tmp}/t.safetensors"],
+        ["sample", "--generator", "{corrupt}", "--tokenizer", NOPE, "--out", "{tmp}/s"],
+    ],
     "slerpface": [["enroll", "--templates", NOPE, "--keystore", "{tmp}/k", "--out", "{tmp}/o"]],
     "ariba": [
         ["detect", "--updates", NOPE, NOPE],

@@ -271,20 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from facelab.core.errors import FacelabError
-
     try:
         return int(_MAIN[name](rest) or 0)
     except SystemExit as exc:  # tyro --help / usage errors
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except (FacelabError, FileNotFoundError) as exc:
-        import os
+    except Exception as exc:
+        from facelab.core.cli import bad_input_exit
 
-        if os.environ.get("FACELAB_TRACEBACK"):
-            raise
-        print(f"{PROG} {name}: error: {exc}", file=sys.stderr)
-        return 2
+        # bad input: one line `facelab glotok <cmd>: error: ...`, exit 2; bugs keep their traceback
+        return bad_input_exit(f"{PROG} {name}", exc)
 
 
 if __name__ == "__main__":  # pragma: no cover
