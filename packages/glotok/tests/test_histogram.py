@@ -130,6 +130,8 @@ def test_empty_bins_stay_finite():
 
 
 def test_loss_moves_codebook_histogram_toward_teacher():
+    # calibrated: final/first KL over seeds 0-5 x 1 and 2 threads = 0.0166 - 0.0199 (identical
+    # across thread counts); the 0.3 threshold leaves a 15x margin
     torch.manual_seed(3)
     teacher_cb = torch.randn(64, 8)  # spread codes: cosines around 0
     teacher = TeacherHistogram(codebook_histogram(teacher_cb).detach(), 40, default_alpha(40))

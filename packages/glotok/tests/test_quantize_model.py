@@ -78,6 +78,8 @@ def test_tokenizer_shapes_decode_and_residual(make_tokenizer, images):
 
 
 def test_residual_refiner_learns_the_quantization_residual():
+    # calibrated: final/first MSE over seeds 0-5 x 1 and 2 threads = 0.0010 - 0.0028; the 0.2
+    # threshold leaves a 70x margin
     torch.manual_seed(0)
     r = ResidualRefiner(4, 16, 2, 2.0)
     zq = torch.randn(8, 4, 3, 3)
