@@ -225,11 +225,16 @@ class TeacherHistogram:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (histogram + bins/alpha/source metadata), atomically."""
+        import tempfile
+
         from safetensors.torch import save_file
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+        # a unique temporary name: several processes of one run may save the same histogram
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         meta = {
             "format": HIST_FORMAT,
             "version": "1",
