@@ -131,7 +131,7 @@ def ar_rows(small: bool) -> list[dict[str, Any]]:
     from facelab.glotok.ar import ARConfig, ARTransformer
 
     torch.manual_seed(0)
-    dim, depth = (64, 2) if small else (256, 8)
+    dim, depth = (64, 2) if small else (128, 4)
     ar = ARTransformer(
         ARConfig(
             num_classes=10,
