@@ -39,8 +39,9 @@ def test_every_member_has_the_shared_package_shape():
         # sibling dependencies use a version range and the workspace source
         for dep in proj["project"]["dependencies"]:
             if dep.startswith("facelab-"):
-                assert re.match(r"facelab-[a-z-]+>=[\d.]+,<[\d.]+$", dep), dep
-                assert proj["tool"]["uv"]["sources"][dep.split(">")[0]] == {"workspace": True}
+                m = re.match(r"(facelab-[a-z-]+)(\[[a-z,-]+\])?>=[\d.]+,<[\d.]+$", dep)
+                assert m, f"{name}: {dep!r} is not 'facelab-x[extras]>=a,<b'"
+                assert proj["tool"]["uv"]["sources"][m.group(1)] == {"workspace": True}, dep
 
 
 def test_method_packages_never_import_each_other():
