@@ -9,6 +9,7 @@ data; rows report templates (or comparisons) per second and the ratio.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import numpy as np
@@ -194,7 +195,7 @@ def _run(small: bool, threads: int = 1) -> list[dict[str, Any]]:
             )
         )
 
-    # 1:N search
+    # 1:N search (q: the 1:1 probes, also used by the keyed rows)
     n_gallery = 20_000 if small else 1_000_000
     n_probe = 8
     gallery, gkeys = _gallery(n_gallery, 8192 if small else 65_536, seed=2)
@@ -214,6 +215,7 @@ def _run(small: bool, threads: int = 1) -> list[dict[str, Any]]:
             f"comparisons/s, 1 thread; {t_search / n_probe:.3g} s per probe over N; top-10",
         )
     )
+    rows += _keyed_rows(t, w, k, q, repeat)
     rows += _baseline_rows(small)
     if torch.cuda.is_available():
         rows += _cuda_rows(t, w, k, gallery, gkeys, protect_ref_per_s, ref_pairs_per_s)
@@ -252,7 +254,9 @@ def _cuda_rows(
         lambda: search(g, gk, probes, pw, top_k=10, check_gallery=False), 3, warmup=1, device=dev
     )
     name = torch.cuda.get_device_name(dev)
+    rows = _keyed_rows(tc, wc, kc, q, 5, device=dev, label=f" ({name})")
     return [
+        *rows,
         _row(
             f"slerpface protect, B={n} ({name})",
             "protect (vectorized, CUDA)",
@@ -278,6 +282,97 @@ def _cuda_rows(
             f"comparisons/s; {1e3 * t_search / n_probe:.3g} ms per probe over N; top-10",
         ),
     ]
+
+
+# ---- the keyed storage format against the paper format, same data and key material
+
+
+def _alternating(fa: Any, fb: Any, repeat: int, device: Any = None) -> tuple[float, float]:
+    """Median times of ``fa`` and ``fb`` measured in alternation (both see the same machine
+    load, which matters for a ratio near 1)."""
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(measure(fa, 1, warmup=0, device=device))
+        tb.append(measure(fb, 1, warmup=0, device=device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _keyed_rows(
+    t: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    q: torch.Tensor,
+    repeat: int,
+    device: Any = None,
+    label: str = "",
+) -> list[dict[str, Any]]:
+    """Keyed protect / match (ours) against the paper format's on the same templates, keys and
+    dropout draws; goal: keyed >= 0.9x the paper format's rate. The key record (group order and
+    the key in storage order) is prepared once per key, as ``KeyStore.record`` does; its cost
+    is its own row, next to the CSPRNG key generation it accompanies."""
+    from facelab.slerpface import KeyRecord, generate_keys, match, protect
+
+    n = t.shape[0]
+    reps = max(5, 2 * repeat + 1)
+    rec = KeyRecord(k, w)
+    _ = rec.stored_keys  # prepared with the record
+    gen = torch.Generator(device=t.device).manual_seed(7)
+    t_paper, t_keyed = _alternating(
+        lambda: protect(t, w, k, generator=gen),
+        lambda: protect(t, w, rec, generator=gen, storage="keyed"),
+        reps,
+        device,
+    )
+    rows = [
+        _row(
+            f"slerpface keyed protect, B={n}{label}",
+            "protect(storage='keyed') with a KeyRecord",
+            "protect (paper format)",
+            n / t_keyed,
+            n / t_paper,
+            "templates/s, measured in alternation; goal speedup >= 0.9 (within 10%)",
+        )
+    ]
+    g1 = torch.Generator(device=t.device).manual_seed(8)
+    g2 = torch.Generator(device=t.device).manual_seed(8)
+    p = protect(t, w, k, generator=g1)
+    s = protect(t, w, rec, generator=g2, storage="keyed")
+    err = float(
+        (match(p, q, w, k).scores - match(s, q, w, rec, storage="keyed").scores).abs().max()
+    )
+    t_paper, t_keyed = _alternating(
+        lambda: match(p, q, w, k),
+        lambda: match(s, q, w, rec, storage="keyed"),
+        reps,
+        device,
+    )
+    rows.append(
+        _row(
+            f"slerpface keyed match 1:1, B={n}{label}",
+            "match(storage='keyed') with a KeyRecord",
+            "match (paper format)",
+            n / t_keyed,
+            n / t_paper,
+            f"pairs/s, in alternation; max |score diff| keyed vs paper {err:.1e}; goal >= 0.9",
+        )
+    )
+    if device is None:  # key generation is a CPU (OS CSPRNG) job
+        t_gen, t_rec = _alternating(
+            lambda: generate_keys(n, t.shape[1], t.shape[2]),
+            lambda: KeyRecord(k).stored_keys,
+            max(3, repeat),
+        )
+        rows.append(
+            _row(
+                f"slerpface keyed record preparation, n={n}",
+                "KeyRecord: key_permutation + keys in storage order",
+                "generate_keys (OS CSPRNG) of the same keys",
+                n / t_rec,
+                n / t_gen,
+                "keys/s; once per key (enrollment, key store load), not per match",
+            )
+        )
+    return rows
 
 
 # ---- baselines: BioHashing and IronMask against per-template loops

@@ -3,8 +3,10 @@
 Public API (see README.md): ``protect``/``match``/``search`` on batches of group templates,
 ``generate_keys`` and ``KeyStore`` (keys kept apart from templates), ``ProtectedTemplate`` (the
 stored format), the protectors ``SlerpFaceProtector``, ``Unprotected``, ``BioHashing`` and
-``IronMask`` behind one interface, and the ``unlinkability`` metric. The extractor, training
-recipe and evaluation report live in ``model``, ``train`` and ``evaluate``.
+``IronMask`` behind one interface, and the ``unlinkability`` metric. ``storage="keyed"`` (ours,
+``keyed``) stores SlerpFace templates without the attention weights and in a key-derived group
+order, with the paper format's scores; ``linkability`` holds every key-less linkage attack. The
+extractor, training recipe and evaluation report live in ``model``, ``train`` and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,25 @@ from facelab.slerpface.baselines import (
     link_group_norms,
     weighted_template,
 )
+from facelab.slerpface.keyed import (
+    STORAGES,
+    KeyRecord,
+    from_keyed,
+    key_permutation,
+    to_keyed,
+)
 from facelab.slerpface.keys import KeyStore, generate_keys, generate_seeds
+from facelab.slerpface.linkability import (
+    ATTACKS,
+    Linkage,
+    link_aligned,
+    link_cosine,
+    link_sorted_norms,
+    link_zero_counts,
+    link_zero_histogram,
+    linkability,
+    permutation_null,
+)
 from facelab.slerpface.match import (
     MatchResult,
     SearchResult,
@@ -55,6 +75,8 @@ _LAZY = {
     "evaluate": "evaluate",
     "alpha_sweep": "evaluate",
     "sweep_markdown": "evaluate",
+    "linkability_sweep": "evaluate",
+    "linkability_markdown": "evaluate",
 }
 
 
@@ -70,13 +92,17 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ATTACKS",
     "PROTECTORS",
+    "STORAGES",
     "BioHashing",
     "DataConfig",
     "EvalConfig",
     "Extraction",
     "IronMask",
+    "KeyRecord",
     "KeyStore",
+    "Linkage",
     "MatchResult",
     "ModelConfig",
     "ProtectedTemplate",
@@ -93,14 +119,25 @@ __all__ = [
     "drop_counts",
     "drop_mask",
     "evaluate",
+    "from_keyed",
     "generate_keys",
     "generate_seeds",
     "get_protector",
     "group_drop_counts",
     "group_embedding",
     "group_slerp",
+    "key_permutation",
+    "link_aligned",
+    "link_cosine",
     "link_group_norms",
+    "link_sorted_norms",
+    "link_zero_counts",
+    "link_zero_histogram",
+    "linkability",
+    "linkability_markdown",
+    "linkability_sweep",
     "match",
+    "permutation_null",
     "plot_unlinkability",
     "presets",
     "protect",
@@ -108,6 +145,7 @@ __all__ = [
     "score_to_distance",
     "search",
     "sweep_markdown",
+    "to_keyed",
     "train",
     "unlinkability",
     "weighted_template",

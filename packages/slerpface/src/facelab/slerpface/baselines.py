@@ -9,7 +9,10 @@ weights ``(B, m)`` -- and exposes:
   pairs (the verifier holds the claimed user's key);
 - ``link(a, b)``: the score an attacker *without keys* gets by comparing two stored templates
   directly (row-aligned) -- the linkage function of the unlinkability analysis;
-- ``observe(gallery)``: the float vector an inversion attacker trains on.
+- ``observe(gallery)``: the float vector an inversion attacker trains on;
+- ``record(keys, weights)``: what ``match`` takes as ``keys`` for templates enrolled with
+  ``keys`` and ``weights`` -- the keys themselves, or for keyed SlerpFace templates
+  (``SlerpFaceProtector(storage="keyed")``) a ``KeyRecord`` with the weights.
 
 The baselines work on the weighted template ``x = concat_i(w_i * t_i / |t_i|)`` (``m * d`` dims),
 the same information SlerpFace starts from:
@@ -49,6 +52,7 @@ from facelab.slerpface._checks import (
     check_weights,
     compute_dtype,
 )
+from facelab.slerpface.keyed import KeyRecord, as_record
 from facelab.slerpface.keys import KeyStore, generate_keys, generate_seeds
 from facelab.slerpface.match import MatchResult, match, score_to_distance
 from facelab.slerpface.protect import SlerpParams, protect
@@ -115,6 +119,8 @@ class TemplateProtector(ABC):
     #: the stored template is ``(n, m, d)`` groups under ``"templates"`` (``link_group_norms``
     #: applies)
     group_templates: ClassVar[bool] = False
+    #: the key record holds the enrolled image's attention weights (keyed SlerpFace)
+    stores_weights: bool = False
 
     @abstractmethod
     def new_keys(
@@ -149,6 +155,15 @@ class TemplateProtector(ABC):
     def params(self) -> dict[str, Any]:
         return {}
 
+    def record(self, keys: Any, weights: torch.Tensor) -> Any:
+        """What ``match`` takes for templates enrolled with ``keys`` from images of attention
+        ``weights``: the keys (a ``KeyRecord`` with the weights for keyed SlerpFace)."""
+        return keys
+
+    def stored_record(self, store: KeyStore, key_ids: list[str]) -> Any:
+        """``record`` from a key store."""
+        return store.record(key_ids) if self.stores_weights else store.get(key_ids)
+
     # ---- the trust-boundary flow: keys into a KeyStore, templates into a ProtectedTemplate --
     def enroll_with_store(
         self,
@@ -166,7 +181,7 @@ class TemplateProtector(ABC):
             raise ShapeError(f"templates: expected (B, m, d), got {tuple(t.shape)}")
         keys = self.new_keys(t.shape[0], t.shape[1], t.shape[2], seed=seed)
         data = self.enroll(t, weights, keys, generator=generator)
-        ids = store.add(keys)
+        ids = store.add(keys, weights=weights) if self.stores_weights else store.add(keys)
         return ProtectedTemplate(self.method, data, tuple(ids), self.params(), subjects)
 
     def verify(
@@ -186,12 +201,16 @@ class TemplateProtector(ABC):
                 f"verify: the template was protected with {protected.params}, this protector "
                 f"uses {self.params()}"
             )
-        keys = store.get(list(protected.key_ids))
+        keys = self.stored_record(store, list(protected.key_ids))
         return self.match(protected.tensors, probe_templates, probe_weights, keys)
 
 
 class SlerpFaceProtector(TemplateProtector):
-    """SlerpFace (see ``facelab.slerpface.protect``) behind the common interface."""
+    """SlerpFace (see ``facelab.slerpface.protect``) behind the common interface.
+
+    ``storage="paper"`` stores the paper's format; ``storage="keyed"`` (ours) stores unit groups
+    in a key-derived order and keeps the weights in the key record (``record``), with identical
+    match scores (``facelab.slerpface.keyed``)."""
 
     method = "slerpface"
     group_templates = True
@@ -203,11 +222,18 @@ class SlerpFaceProtector(TemplateProtector):
         group_size: int = 16,
         sampling: str = "replacement",
         gap_base: int = 8,
+        storage: str = "paper",
     ) -> None:
-        self.cfg = SlerpParams(alpha, drop_rate, group_size, sampling, gap_base)  # type: ignore[arg-type]
+        self.cfg = SlerpParams(alpha, drop_rate, group_size, sampling, gap_base, storage)  # type: ignore[arg-type]
+        self.stores_weights = self.cfg.storage == "keyed"
 
     def params(self) -> dict[str, Any]:
         return self.cfg.to_dict()
+
+    def record(self, keys, weights):
+        if not self.stores_weights:
+            return keys
+        return as_record(keys).with_weights(weights)
 
     def new_keys(self, n, num_groups, group_size, *, seed=None):
         if group_size != self.cfg.group_size:
@@ -228,10 +254,17 @@ class SlerpFaceProtector(TemplateProtector):
             sampling=c.sampling,
             gap_base=c.gap_base,
             generator=generator,
+            storage=c.storage,
         )
         return {"templates": p}
 
     def match(self, gallery, probe_templates, probe_weights, keys):
+        if self.stores_weights and not isinstance(keys, KeyRecord):
+            raise KeyMismatchError(
+                "a keyed SlerpFace template cannot be matched without its key record: the key "
+                "AND the attention weights kept next to it (got a bare key tensor; use "
+                "protector.record(keys, weights) or KeyStore.record(ids))"
+            )
         return match(
             gallery["templates"],
             probe_templates,
@@ -239,6 +272,7 @@ class SlerpFaceProtector(TemplateProtector):
             keys,
             self.cfg.alpha,
             self.cfg.group_size,
+            storage=self.cfg.storage,
         )
 
     def link(self, a, b):

@@ -7,6 +7,10 @@ Files that cross the trust boundary:
   safetensors file, mode 0600) and writes a ``ProtectedTemplate`` file (no keys inside);
 * ``match`` reads protected templates, the key store and raw probe templates: 1:1 against the
   same row, or 1:N search with ``--top-k``.
+
+``enroll --storage keyed`` writes SlerpFace's keyed format (ours): unit groups in a key-derived
+order, the attention weights in the key store next to each key; its scores equal the paper
+format's. ``eval`` and ``sweep`` report the linkability of both formats under every attack.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from typing import Literal
 import torch
 
 Method = Literal["slerpface", "unprotected", "biohashing", "ironmask"]
+#: evaluation names: "slerpface-keyed" is SlerpFace with the keyed storage format
+EvalMethod = Literal["slerpface", "slerpface-keyed", "unprotected", "biohashing", "ironmask"]
+Attack = Literal["cosine", "aligned", "norms", "sorted_norms", "zeros", "zero_histogram"]
+ALL_ATTACKS: tuple[Attack, ...] = (
+    "cosine",
+    "aligned",
+    "norms",
+    "sorted_norms",
+    "zeros",
+    "zero_histogram",
+)
 
 
 def _toyfaces(
@@ -144,11 +159,26 @@ def extract(
     return 0
 
 
-def _protector(method: Method, alpha: float, drop_rate: float, sampling: str, bits: int):
+def _protector(
+    method: Method,
+    alpha: float,
+    drop_rate: float,
+    sampling: str,
+    bits: int,
+    storage: str = "paper",
+):
+    from facelab.core.errors import UnknownNameError
     from facelab.slerpface.baselines import get_protector
 
+    if storage != "paper" and method != "slerpface":
+        raise UnknownNameError(f"--storage {storage}: only slerpface has storage formats")
     opts = {
-        "slerpface": {"alpha": alpha, "drop_rate": drop_rate, "sampling": sampling},
+        "slerpface": {
+            "alpha": alpha,
+            "drop_rate": drop_rate,
+            "sampling": sampling,
+            "storage": storage,
+        },
         "biohashing": {"bits": bits},
         "ironmask": {},
         "unprotected": {},
@@ -167,11 +197,13 @@ def enroll(
     bits: int = 256,
     rows: str | None = None,
     seed: int | None = None,
+    storage: Literal["paper", "keyed"] = "paper",
 ) -> int:
     """Protect raw templates: keys into KEYSTORE, protected templates (no keys) into OUT.
 
     ``--rows 0:200:2`` enrolls a slice (e.g. the even images as gallery); ``--seed`` makes the
-    keys reproducible and NOT secret (experiments only).
+    keys reproducible and NOT secret (experiments only). ``--storage keyed`` (slerpface):
+    unit groups in a key-derived order in OUT, the attention weights in KEYSTORE.
     """
     from facelab.slerpface.keys import KeyStore
 
@@ -180,13 +212,16 @@ def enroll(
         sl = slice(*(int(p) if p else None for p in rows.split(":")))
         t, w = t[sl], w[sl]
         labels = labels[sl] if labels is not None else None
-    prot = _protector(method, alpha, drop_rate, sampling, bits)
+    prot = _protector(method, alpha, drop_rate, sampling, bits, storage)
     store = KeyStore.open(keystore, kind=method)
     subjects = [str(int(x)) for x in labels] if labels is not None else None
     pt = prot.enroll_with_store(t, w, store, subjects=subjects, seed=seed)
     store.save()
     pt.save(out)
-    print(f"enrolled {len(pt)} templates with {method}; keys in {keystore}, templates in {out}")
+    fmt = f" ({storage} storage)" if method == "slerpface" else ""
+    print(
+        f"enrolled {len(pt)} templates with {method}{fmt}; keys in {keystore}, templates in {out}"
+    )
     return 0
 
 
@@ -214,11 +249,11 @@ def match(
     if pt.method not in PROTECTORS:
         raise UnknownNameError(f"{protected}: unknown method {pt.method!r}")
     prot = PROTECTORS[pt.method](**pt.params)
-    result: dict = {"method": pt.method}
+    result: dict = {"method": pt.method, "storage": pt.storage}
     if top_k:
         if pt.method != "slerpface":
             raise UnknownNameError("1:N search (--top-k) is implemented for slerpface templates")
-        keys = store.get(list(pt.key_ids))
+        keys = prot.stored_record(store, list(pt.key_ids))
         res = search(
             pt.tensors["templates"],
             keys,
@@ -227,6 +262,7 @@ def match(
             pt.params["alpha"],
             pt.params["group_size"],
             top_k=top_k,
+            storage=pt.storage,
         )
         result["indices"] = res.indices.tolist()
         result["scores"] = res.scores.tolist()
@@ -265,7 +301,13 @@ def _eval_sets(
 def eval_command(
     model: str,
     out_dir: str = "results/slerpface",
-    methods: tuple[Method, ...] = ("slerpface", "unprotected", "biohashing", "ironmask"),
+    methods: tuple[EvalMethod, ...] = (
+        "slerpface",
+        "slerpface-keyed",
+        "unprotected",
+        "biohashing",
+        "ironmask",
+    ),
     num_identities: int = 100,
     images_per_identity: int = 4,
     num_pairs: int = 600,
@@ -277,8 +319,12 @@ def eval_command(
     drop_rate: float = 0.5,
     bits: int = 256,
     seed: int = 0,
+    attacks: tuple[Attack, ...] = ALL_ATTACKS,
+    sweep_alphas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0),
+    sweep: bool = True,
 ) -> int:
-    """Accuracy, unlinkability, irreversibility and renewability of every method on toyfaces.
+    """Accuracy, unlinkability (every linkability attack), irreversibility and renewability of
+    every method on toyfaces, then both SlerpFace storage formats over ``--sweep-alphas``.
 
     ``--bits`` (BioHashing code length) must not exceed the template length (groups x 16)."""
     from facelab.slerpface.evaluate import EvalConfig, evaluate
@@ -301,6 +347,8 @@ def eval_command(
         attack_steps=attack_steps,
         seed=seed,
         out_dir=out_dir,
+        attacks=tuple(attacks),
+        sweep_alphas=tuple(sweep_alphas) if sweep else (),
     )
     report = evaluate(
         t,
@@ -325,25 +373,44 @@ def sweep(
     drop_rate: float = 0.5,
     seed: int = 0,
     out: str | None = None,
+    attacks: tuple[Attack, ...] = ALL_ATTACKS,
 ) -> int:
     """SlerpFace's privacy / utility trade-off over alpha on toyfaces: accuracy, TAR@FAR, EER and
-    D_sys of the stored templates' direct linkage, plus D_sys of their group norms alone."""
-    from facelab.slerpface.evaluate import alpha_sweep, sweep_markdown
+    D_sys of the stored templates' direct linkage, plus D_sys of their group norms alone; then
+    both storage formats (paper, keyed) under every linkability attack, with permutation nulls."""
+    from facelab.slerpface.evaluate import (
+        alpha_sweep,
+        linkability_markdown,
+        linkability_sweep,
+        sweep_markdown,
+    )
 
     _, (t, w, labels, _), _ = _eval_sets(
         model, num_identities, images_per_identity, difficulty, seed, 1
     )
     rows = alpha_sweep(t, w, labels, alphas, drop_rate=drop_rate, num_pairs=num_pairs, seed=seed)
     print(sweep_markdown(rows))
+    links = linkability_sweep(
+        t,
+        w,
+        labels,
+        alphas,
+        attacks=attacks,
+        drop_rate=drop_rate,
+        num_pairs=num_pairs,
+        seed=seed,
+    )
+    print("D_sys (null mean, null 95th percentile) of each attack, both storage formats:\n")
+    print(linkability_markdown(links))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"rows": rows}, indent=2))
+        Path(out).write_text(json.dumps({"rows": rows, "linkability": links}, indent=2))
     return 0
 
 
 def attack(
     model: str,
-    method: Method = "slerpface",
+    method: EvalMethod = "slerpface",
     num_identities: int = 100,
     images_per_identity: int = 4,
     attack_identities: int = 200,

@@ -38,9 +38,20 @@ import torch
 from facelab.core.errors import KeyMismatchError, RangeError
 from facelab.slerpface.baselines import TemplateProtector, get_protector, link_group_norms
 from facelab.slerpface.keys import KeyStore
+from facelab.slerpface.linkability import ATTACKS, get_attacks, linkability, linkage_scores
 from facelab.slerpface.unlinkability import Unlinkability, plot_unlinkability, unlinkability
 
-METHODS: tuple[str, ...] = ("slerpface", "unprotected", "biohashing", "ironmask")
+#: "slerpface-keyed": SlerpFace with the keyed storage format (ours), same key material as
+#: "slerpface" in the report (identical scores)
+METHODS: tuple[str, ...] = ("slerpface", "slerpface-keyed", "unprotected", "biohashing", "ironmask")
+#: seed index of each method (the keyed format shares SlerpFace's keys and dropout draws)
+_SEED_INDEX = {
+    "slerpface": 0,
+    "slerpface-keyed": 0,
+    "unprotected": 1,
+    "biohashing": 2,
+    "ironmask": 3,
+}
 #: IronMask stores an (m*d)^2 rotation per template: enroll/match it in chunks of this many
 CHUNK = {"ironmask": 32}
 _DEFAULT_CHUNK = 4096
@@ -66,18 +77,22 @@ class EvalConfig:
     attack_depth: int = 2
     seed: int = 0
     out_dir: str | None = None
+    #: linkability attacks on group templates (``facelab.slerpface.linkability.ATTACKS``)
+    attacks: tuple[str, ...] = tuple(ATTACKS)
+    #: alphas of the linkability sweep (both SlerpFace formats); empty: no sweep
+    sweep_alphas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
+    #: relabelings behind each permutation null of the linkability tables
+    null_rounds: int = 50
 
     def protector(self, name: str) -> TemplateProtector:
+        slerp = {"alpha": self.alpha, "drop_rate": self.drop_rate, "sampling": self.sampling}
         opts: dict[str, Any] = {
-            "slerpface": {
-                "alpha": self.alpha,
-                "drop_rate": self.drop_rate,
-                "sampling": self.sampling,
-            },
+            "slerpface": slerp,
+            "slerpface-keyed": {**slerp, "storage": "keyed"},
             "biohashing": {"bits": self.biohash_bits},
             "ironmask": {"alpha": self.ironmask_alpha},
         }.get(name, {})
-        return get_protector(name, **opts)
+        return get_protector("slerpface" if name == "slerpface-keyed" else name, **opts)
 
 
 @dataclass
@@ -97,6 +112,8 @@ class MethodReport:
     renew_old_accept: float = math.nan
     renew_new_accept: float = math.nan
     renew_revoked_refused: bool | None = None
+    #: group-template methods: ``{attack: Linkage.to_dict()}`` (``D_sys`` and permutation null)
+    linkability: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -105,6 +122,12 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 def _seed(cfg: EvalConfig, k: int) -> int:
     return cfg.seed * 1000 + k
+
+
+def _seed_index(name: str, position: int) -> int:
+    """A method's seed offset: the keyed format shares SlerpFace's keys and dropout draws (so
+    its scores equal SlerpFace's); other names keep their position."""
+    return _SEED_INDEX.get(name, position)
 
 
 def enroll_and_match(
@@ -123,7 +146,7 @@ def enroll_and_match(
     scores, dists = [], []
     for sl in _chunks(n, CHUNK.get(prot.method, _DEFAULT_CHUNK)):
         g = prot.enroll(t_gallery[sl], w_gallery[sl], keys[sl], generator=gen)
-        r = prot.match(g, t_probe[sl], w_probe[sl], keys[sl])
+        r = prot.match(g, t_probe[sl], w_probe[sl], prot.record(keys[sl], w_gallery[sl]))
         scores.append(r.scores.double())
         dists.append(r.distances.double())
     return torch.cat(scores), torch.cat(dists)
@@ -182,34 +205,11 @@ def link_scores(
     """Mated and non-mated linkage scores: the first two images of every identity, each
     protected under its own key (A and B); mated = A_i vs B_i, non-mated = A_i vs B_(i+s).
     ``link`` compares two stored templates (default: the method's ``prot.link``)."""
-    link = link or prot.link
-    lab = labels.numpy()
-    ids, first = np.unique(lab, return_index=True)
-    counts = np.bincount(np.searchsorted(ids, lab))
-    keep = counts >= 2
-    if keep.sum() < 3:
-        raise RangeError("unlinkability: need at least 3 identities with 2 or more images")
-    a_idx = torch.as_tensor(first[keep])
-    b_idx = a_idx + 1  # samples of an identity are contiguous in toyfaces / make_pairs order
-    if not bool((labels[b_idx] == labels[a_idx]).all()):
-        raise RangeError("unlinkability: expected the images of an identity to be contiguous")
-    n, m, d = templates[a_idx].shape
-    ka = prot.new_keys(n, m, d, seed=None if seed is None else seed + 1)
-    kb = prot.new_keys(n, m, d, seed=None if seed is None else seed + 2)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    mated, nonmated = [], []
-    shifts = [s % n for s in nonmated_shifts if s % n]
+    links = {"link": link or prot.link}
     step = CHUNK.get(prot.method, _DEFAULT_CHUNK)
-    # non-mated pairs roll B against A: enroll all B first when they fit, else per shift chunk
-    for sl in _chunks(n, step):
-        ga = prot.enroll(templates[a_idx[sl]], weights[a_idx[sl]], ka[sl], generator=gen)
-        gb = prot.enroll(templates[b_idx[sl]], weights[b_idx[sl]], kb[sl], generator=gen)
-        mated.append(link(ga, gb))
-        for s in shifts:
-            rows = (torch.arange(sl.start, sl.stop) + s) % n
-            gs = prot.enroll(templates[b_idx[rows]], weights[b_idx[rows]], kb[rows], generator=gen)
-            nonmated.append(link(ga, gs))
-    return torch.cat(mated).double(), torch.cat(nonmated).double()
+    return linkage_scores(prot, templates, weights, labels, links, seed, nonmated_shifts, step)[
+        "link"
+    ]
 
 
 def d_sys_with_null(
@@ -285,6 +285,83 @@ def sweep_markdown(rows: Sequence[dict[str, float]], far: float = 1e-2) -> str:
     return "\n".join(out) + "\n"
 
 
+STORAGES: tuple[str, ...] = ("paper", "keyed")
+
+
+def linkability_sweep(
+    templates: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    alphas: Sequence[float] = SWEEP_ALPHAS,
+    *,
+    storages: Sequence[str] = STORAGES,
+    attacks: Sequence[str] | None = None,
+    drop_rate: float = 0.5,
+    sampling: str = "replacement",
+    num_pairs: int = 600,
+    far: float = 1e-2,
+    omega: float = 1.0,
+    rounds: int = 50,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Accuracy and every linkability attack of both SlerpFace storage formats over ``alpha``:
+    one row per (alpha, storage) with ``accuracy``, ``accuracy_std``, ``tar_at_far``, ``eer``
+    and ``linkability = {attack: Linkage.to_dict()}``. Both formats of one alpha get the same
+    key material and dropout draws, so their accuracy rows agree (the scores are identical)."""
+    from facelab.core.data.toyfaces import make_pairs
+
+    if not alphas:
+        raise RangeError("alphas: expected at least one value")
+    names = list(get_attacks(attacks))
+    pairs = make_pairs(labels, num_pairs, seed=seed)
+    rows: list[dict[str, Any]] = []
+    for j, alpha in enumerate(alphas):
+        for storage in storages:
+            prot = get_protector(
+                "slerpface", alpha=alpha, drop_rate=drop_rate, sampling=sampling, storage=storage
+            )
+            acc = accuracy(prot, templates, weights, pairs, far, seed * 1000 + j)
+            links = linkability(
+                prot,
+                templates,
+                weights,
+                labels,
+                names,
+                seed=seed * 1000 + 500 + j,
+                omega=omega,
+                rounds=rounds,
+            )
+            row: dict[str, Any] = {"alpha": float(alpha), "storage": storage}
+            row |= {f: float(acc[f]) for f in ("accuracy", "accuracy_std", "tar_at_far", "eer")}
+            row["linkability"] = {k: v.to_dict() for k, v in links.items()}
+            rows.append(row)
+    return rows
+
+
+def _cell(link: dict[str, Any] | None) -> str:
+    if not link:
+        return "-"
+    return f"{link['d_sys']:.3f} ({link['null_mean']:.3f}, {link['null_q95']:.3f})"
+
+
+def linkability_markdown(rows: Sequence[dict[str, Any]], far: float = 1e-2) -> str:
+    """``linkability_sweep``'s rows (or any rows with ``alpha``, ``storage`` and
+    ``linkability``) as a markdown table: ``D_sys (null mean, null 95th percentile)``."""
+    names = list(dict.fromkeys(k for r in rows for k in r.get("linkability", {})))
+    head = "| alpha | storage | acc (10-fold) | EER | " + " | ".join(names) + " |"
+    out = [head, "|" + "---|" * (4 + len(names))]
+    for r in rows:
+        acc = r.get("accuracy", math.nan)
+        acc_s = "" if math.isnan(acc) else f"{acc:.4f} +- {r['accuracy_std']:.4f}"
+        eer = r.get("eer", math.nan)
+        cells = " | ".join(_cell(r["linkability"].get(n)) for n in names)
+        out.append(
+            f"| {r['alpha']:g} | {r['storage']} | {acc_s} | "
+            f"{'' if math.isnan(eer) else f'{eer:.4f}'} | {cells} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def renewability(
     prot: TemplateProtector,
     templates: torch.Tensor,
@@ -307,9 +384,14 @@ def renewability(
         tp, wp = templates[p_idx[sl]], weights[p_idx[sl]]
         old = prot.enroll_with_store(tg, wg, store)
         new_ids = [
-            store.rekey(k, prot.new_keys(1, tg.shape[1], tg.shape[2])[0]) for k in old.key_ids
+            store.rekey(
+                k,
+                prot.new_keys(1, tg.shape[1], tg.shape[2])[0],
+                weights=wg[j] if prot.stores_weights else None,
+            )
+            for j, k in enumerate(old.key_ids)
         ]
-        new_keys = store.get(new_ids)
+        new_keys = prot.stored_record(store, new_ids)
         new = prot.enroll(tg, wg, new_keys)
         old_acc.append(prot.match(old.tensors, tp, wp, new_keys).scores >= threshold)
         new_acc.append(prot.match(new, tp, wp, new_keys).scores >= threshold)
@@ -373,9 +455,33 @@ def inversion_attack(
 class Report:
     methods: list[MethodReport]
     settings: dict[str, Any]
+    #: ``linkability_sweep`` rows (both SlerpFace formats over alpha)
+    linkability_sweep: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "methods": [asdict(m) for m in self.methods]}
+        return {
+            "settings": self.settings,
+            "methods": [asdict(m) for m in self.methods],
+            "linkability_sweep": self.linkability_sweep,
+        }
+
+    def linkability_markdown(self) -> str:
+        """Every linkability attack per method (group-template methods), then the sweep."""
+        rows = [
+            {"alpha": self.settings.get("alpha", math.nan), "storage": r.method}
+            | {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, "eer": r.eer}
+            | {"linkability": r.linkability}
+            for r in self.methods
+            if r.linkability
+        ]
+        out = ""
+        if rows:
+            out += "D_sys (null mean, null 95th percentile) of each attack:\n\n"
+            out += linkability_markdown(rows).replace("| storage |", "| method |", 1)
+        if self.linkability_sweep:
+            out += "\nBoth SlerpFace storage formats over alpha:\n\n"
+            out += linkability_markdown(self.linkability_sweep)
+        return out
 
     def markdown(self) -> str:
         head = (
@@ -393,7 +499,8 @@ class Report:
                 f"| {a.get('identity_leakage', math.nan):.3f} | {a.get('success_rate', math.nan):.3f} "
                 f"| {a.get('ssim', math.nan):.3f} | {r.renew_old_accept:.3f} / {r.renew_new_accept:.3f} |"
             )
-        return "\n".join(rows) + "\n"
+        link = self.linkability_markdown()
+        return "\n".join(rows) + "\n" + ("\n" + link if link else "")
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -425,6 +532,7 @@ def evaluate(
     attack_sets = attack_data() if (cfg.attack and attack_data and recognizer) else None
     reports = []
     for k, name in enumerate(cfg.methods):
+        k = _seed_index(name, k)
         prot = cfg.protector(name)
         rep = MethodReport(name)
         acc = accuracy(prot, templates, weights, pairs, cfg.far, _seed(cfg, 20 + k))
@@ -447,6 +555,22 @@ def evaluate(
             log(
                 f"[{name}] D_sys of the group norms {un.d_sys:.3f} (null {rep.d_sys_norms_null:.3f})"
             )
+            if cfg.attacks:
+                links = linkability(
+                    prot,
+                    templates,
+                    weights,
+                    labels,
+                    cfg.attacks,
+                    seed=_seed(cfg, 40 + k),
+                    omega=cfg.omega,
+                    rounds=cfg.null_rounds,
+                )
+                rep.linkability = {a: v.to_dict() for a, v in links.items()}
+                log(
+                    f"[{name}] linkability D_sys (null mean): "
+                    + ", ".join(f"{a} {v.d_sys:.3f} ({v.null_mean:.3f})" for a, v in links.items())
+                )
 
         # the system threshold: the score at FAR = cfg.far on this method's impostor pairs
         s, same = acc["scores"], acc["same"]
@@ -471,6 +595,22 @@ def evaluate(
             log(f"[{name}] attack {rep.attack}")
         reports.append(rep)
     report = Report(reports, {k: v for k, v in asdict(cfg).items()})
+    if cfg.sweep_alphas and cfg.attacks and any(n.startswith("slerpface") for n in cfg.methods):
+        report.linkability_sweep = linkability_sweep(
+            templates,
+            weights,
+            labels,
+            cfg.sweep_alphas,
+            attacks=cfg.attacks,
+            drop_rate=cfg.drop_rate,
+            sampling=cfg.sampling,
+            num_pairs=cfg.num_pairs,
+            far=cfg.far,
+            omega=cfg.omega,
+            rounds=cfg.null_rounds,
+            seed=cfg.seed,
+        )
+        log("linkability over alpha:\n" + linkability_markdown(report.linkability_sweep))
     if out_dir is not None:
         report.save(out_dir)
     return report

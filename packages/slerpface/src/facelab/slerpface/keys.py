@@ -11,6 +11,12 @@ templates reference.
 Renewability: ``KeyStore.rekey(old_id, new_key)`` revokes the old key and stores a new one;
 revoked ids stay known (so a template that references one fails with a clear "revoked" error)
 but their key material is erased from the store.
+
+Keyed SlerpFace templates (``storage="keyed"``) keep the image's attention weights in the key
+record, next to the key (``add(keys, weights=...)``, ``record(ids)``); the group order those
+templates are stored in is derived from the key (``key_permutation``) when a record is added
+or loaded, and never written anywhere. A store with weighted records is written as version 2
+(version 1 readers refuse it rather than lose the weights); one without stays version 1.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ from facelab.core.errors import (
     expect_finite,
     expect_tensor,
 )
+from facelab.slerpface._checks import check_weights
+from facelab.slerpface.keyed import KeyRecord, key_permutation
 
 KEYSTORE_FORMAT = "facelab.slerpface.keystore"
-KEYSTORE_VERSION = 1
+KEYSTORE_VERSION = 2  # 2: records may carry attention weights (keyed SlerpFace templates)
+_KNOWN_VERSIONS = ("1", "2")
 _KEY_ID_BYTES = 12  # 96-bit random ids: collisions are negligible, ids reveal nothing
 
 
@@ -172,6 +181,9 @@ class KeyStore:
         self.kind = kind
         self._keys: dict[str, torch.Tensor] = {}
         self._revoked: dict[str, str | None] = {}  # revoked id -> id that replaced it (or None)
+        # keyed SlerpFace records: the attention weights (saved) and the derived order (not)
+        self._weights: dict[str, torch.Tensor] = {}
+        self._orders: dict[str, torch.Tensor] = {}
 
     # ---- persistence -------------------------------------------------------------------
     @classmethod
@@ -187,10 +199,10 @@ class KeyStore:
             raise FormatError(
                 f"{path}: expected a {KEYSTORE_FORMAT} file, got format {meta.get('format')!r}"
             )
-        if meta.get("version") != str(KEYSTORE_VERSION):
+        if meta.get("version") not in _KNOWN_VERSIONS:
             raise FormatError(
                 f"{path}: unsupported key store version {meta.get('version')!r} "
-                f"(this reader knows {KEYSTORE_VERSION})"
+                f"(this reader knows {', '.join(_KNOWN_VERSIONS)})"
             )
         digest = meta.pop("sha256", None)
         if digest is None or digest != _digest(tensors, meta):
@@ -200,6 +212,7 @@ class KeyStore:
         try:
             ids = json.loads(meta["ids"])
             revoked = json.loads(meta["revoked"])
+            weighted = json.loads(meta.get("weighted", "[]"))
         except (KeyError, json.JSONDecodeError) as exc:
             raise FormatError(f"{path}: key store metadata is incomplete: {exc}") from exc
         store = cls(path, meta.get("kind", "slerpface"))
@@ -208,6 +221,17 @@ class KeyStore:
             if keys is None or keys.shape[0] != len(ids):
                 raise FormatError(f"{path}: {len(ids)} key ids but no matching 'keys' tensor")
             store._keys = {i: keys[n].clone() for n, i in enumerate(ids)}
+        if weighted:
+            weights = tensors.get("weights")
+            if weights is None or weights.shape[0] != len(weighted) or meta["version"] == "1":
+                raise FormatError(f"{path}: {len(weighted)} weighted ids but no matching weights")
+            if not set(weighted) <= set(store._keys):
+                raise FormatError(f"{path}: weights recorded for ids the store does not hold")
+            ids_w = list(weighted)
+            order = key_permutation(torch.stack([store._keys[i] for i in ids_w]))
+            for n, i in enumerate(ids_w):
+                store._weights[i] = weights[n].clone()
+                store._orders[i] = order[n]
         store._revoked = {str(k): v for k, v in revoked.items()}
         return store
 
@@ -218,13 +242,17 @@ class KeyStore:
             raise FacelabTypeError("KeyStore.save: no path given and the store is not bound to one")
         ids = list(self._keys)
         tensors = {"keys": torch.stack([self._keys[i] for i in ids])} if ids else {}
+        weighted = [i for i in ids if i in self._weights]
         meta = {
             "format": KEYSTORE_FORMAT,
-            "version": str(KEYSTORE_VERSION),
+            "version": str(KEYSTORE_VERSION) if weighted else "1",
             "kind": self.kind,
             "ids": json.dumps(ids),
             "revoked": json.dumps(self._revoked),
         }
+        if weighted:
+            tensors["weights"] = torch.stack([self._weights[i] for i in weighted])
+            meta["weighted"] = json.dumps(weighted)
         meta["sha256"] = _digest(tensors, meta)
         atomic_write(target, st_save(tensors, metadata=meta), mode=0o600)
         self.path = target
@@ -248,15 +276,31 @@ class KeyStore:
                     f"{tuple(keys.shape[1:])} and {keys.dtype}"
                 )
 
-    def add(self, keys: torch.Tensor) -> list[str]:
-        """Store a batch of keys ``(n, ...)``; returns their new ids."""
+    def add(self, keys: torch.Tensor, *, weights: torch.Tensor | None = None) -> list[str]:
+        """Store a batch of keys ``(n, ...)``; returns their new ids.
+
+        ``weights`` ``(n, m)``: the attention weights of keyed SlerpFace templates enrolled with
+        these keys (``(n, m, d)`` keys), kept in each key's record."""
         keys = expect_tensor(keys, "keys")
         if keys.dim() < 1:
             raise ShapeError(f"keys: expected a batch (n, ...), got shape {tuple(keys.shape)}")
         self._check_new(keys)
+        order = None
+        if weights is not None:
+            if keys.dim() != 3:
+                raise ShapeError(
+                    f"weights: only SlerpFace keys (n, m, d) take weights, got keys of shape "
+                    f"{tuple(keys.shape)}"
+                )
+            weights = check_weights(weights, keys.shape[0], keys.shape[1], "weights")
+            weights = weights.detach().cpu().double()
+            order = key_permutation(keys.detach().cpu())
         ids = [new_key_id() for _ in range(keys.shape[0])]
-        for i, k in zip(ids, keys.detach().cpu()):
+        for n, (i, k) in enumerate(zip(ids, keys.detach().cpu())):
             self._keys[i] = k.clone()
+            if weights is not None and order is not None:
+                self._weights[i] = weights[n].clone()
+                self._orders[i] = order[n]
         return ids
 
     def _require(self, key_id: str) -> None:
@@ -276,18 +320,45 @@ class KeyStore:
             self._require(i)
         return torch.stack([self._keys[i] for i in ids])
 
+    def record(self, key_ids: str | Sequence[str]) -> KeyRecord:
+        """The key records of keyed SlerpFace templates: keys, weights and the derived order.
+
+        Fails (``KeyMismatchError``) for a key stored without weights: a keyed template cannot
+        be matched without them."""
+        ids = [key_ids] if isinstance(key_ids, str) else list(key_ids)
+        keys = self.get(ids)
+        missing = [i for i in ids if i not in self._weights]
+        if missing:
+            raise KeyMismatchError(
+                f"key id {missing[0]} has no attention weights in its record "
+                f"({len(missing)} of {len(ids)} ids): a keyed SlerpFace template cannot be "
+                "matched without them (was it enrolled with storage='paper'?)"
+            )
+        weights = torch.stack([self._weights[i] for i in ids])
+        order = torch.stack([self._orders[i] for i in ids])
+        return KeyRecord(keys, weights, order)
+
+    def has_weights(self, key_id: str) -> bool:
+        return key_id in self._weights
+
     def revoke(self, key_ids: str | Iterable[str], replaced_by: str | None = None) -> None:
         """Erase the key material; the ids stay known as revoked."""
         for i in [key_ids] if isinstance(key_ids, str) else list(key_ids):
             self._require(i)
             del self._keys[i]
+            self._weights.pop(i, None)
+            self._orders.pop(i, None)
             self._revoked[i] = replaced_by
 
-    def rekey(self, key_id: str, new_key: torch.Tensor) -> str:
-        """Renew: store ``new_key`` (one key, no batch dim) under a new id, revoke ``key_id``."""
+    def rekey(
+        self, key_id: str, new_key: torch.Tensor, *, weights: torch.Tensor | None = None
+    ) -> str:
+        """Renew: store ``new_key`` (one key, no batch dim; ``weights`` ``(m,)`` for a keyed
+        SlerpFace re-enrollment) under a new id, revoke ``key_id``."""
         self._require(key_id)
         new_key = expect_tensor(new_key, "new_key")
-        (new_id,) = self.add(new_key.unsqueeze(0))
+        w = None if weights is None else expect_tensor(weights, "weights").unsqueeze(0)
+        (new_id,) = self.add(new_key.unsqueeze(0), weights=w)
         self.revoke(key_id, replaced_by=new_id)
         return new_id
 
@@ -307,5 +378,6 @@ class KeyStore:
     def __repr__(self) -> str:
         return (
             f"KeyStore(path={str(self.path) if self.path else None!r}, kind={self.kind!r}, "
-            f"active={len(self._keys)}, revoked={len(self._revoked)}, shape={self.key_shape})"
+            f"active={len(self._keys)}, revoked={len(self._revoked)}, "
+            f"with weights={len(self._weights)}, shape={self.key_shape})"
         )

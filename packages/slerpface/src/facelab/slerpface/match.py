@@ -30,6 +30,7 @@ import torch
 
 from facelab.core.errors import (
     FormatError,
+    KeyMismatchError,
     RangeError,
     ShapeError,
     ZeroVectorError,
@@ -44,6 +45,15 @@ from facelab.slerpface._checks import (
     check_same_shape,
     check_weights,
     compute_dtype,
+)
+from facelab.slerpface.keyed import (
+    KeyRecord,
+    Storage,
+    as_record,
+    check_keyed_groups,
+    check_storage,
+    gather_groups,
+    require_weights,
 )
 from facelab.slerpface.protect import (
     BLOCK,
@@ -102,32 +112,79 @@ def _check_mass(g: torch.Tensor, whole: torch.Tensor, offset: int, name: str) ->
         raise FormatError(
             f"{name}: expected SlerpFace-protected templates (group norms = attention weights, "
             f"summing to 1), template {offset + i} has group norms summing to "
-            f"{float(mass[i]):.4g}; is this a raw template?"
+            f"{float(mass[i]):.4g}; is this a raw template, or a keyed one (then match it with "
+            "storage='keyed' and its key record)?"
         )
+
+
+def keyed_record(
+    storage: str, keys: torch.Tensor | KeyRecord, gallery_weights: torch.Tensor | None
+) -> KeyRecord | None:
+    """``None`` for the paper format; for the keyed format the key record to match with: a
+    ``KeyRecord`` holding the weights, or one built from bare ``keys`` and ``gallery_weights``
+    (its order derived)."""
+    if check_storage(storage) == "paper":
+        if gallery_weights is not None:
+            raise KeyMismatchError(
+                "gallery_weights: only keyed templates take them (storage='keyed'); a "
+                "paper-format gallery carries its weights as group norms"
+            )
+        return None
+    if not isinstance(keys, KeyRecord) and gallery_weights is None:
+        raise KeyMismatchError(
+            "storage='keyed': a keyed SlerpFace template cannot be matched without its key "
+            "record, the key AND the attention weights kept next to it (pass a KeyRecord with "
+            "weights, or gallery_weights)"
+        )
+    rec = as_record(keys)
+    if gallery_weights is not None:
+        if rec.weights is not None:
+            raise KeyMismatchError(
+                "gallery_weights: the key record already holds the weights; pass one or the other"
+            )
+        return rec.with_weights(gallery_weights)
+    require_weights(rec)
+    return rec
 
 
 def match(
     gallery: torch.Tensor,
     probe_templates: torch.Tensor,
     probe_weights: torch.Tensor,
-    keys: torch.Tensor,
+    keys: torch.Tensor | KeyRecord,
     alpha: float = DEFAULT_ALPHA,
     group_size: int = DEFAULT_GROUP_SIZE,
+    *,
+    storage: Storage = "paper",
+    gallery_weights: torch.Tensor | None = None,
 ) -> MatchResult:
     """Scores of row-aligned pairs: protected ``gallery[i]`` (with ``keys[i]``) vs raw probe i.
 
     ``gallery``, ``probe_templates``, ``keys``: ``(B, m, d)``; ``probe_weights``: ``(B, m)``.
+    Keyed templates (``storage="keyed"``) need their key record: a ``KeyRecord`` with the
+    weights as ``keys``, or the keys and ``gallery_weights`` ``(B, m)`` (the order is then
+    derived here). The score equals the paper format's for the same key material and dropout.
     Returns ``MatchResult`` with ``(B,)`` scores and distances.
     """
     check_alpha(alpha)
+    rec = keyed_record(storage, keys, gallery_weights)
+    if isinstance(keys, KeyRecord):
+        keys = keys.keys
     g = as_groups(gallery, group_size, "gallery", finite=False)
     q = as_groups(probe_templates, group_size, "probe_templates", finite=False)
+    if rec is not None:
+        rec = rec.to(q.device)
+        keys = rec.keys
     k = as_groups(keys, group_size, "keys", finite=False)
     check_same_shape(g, q, "gallery", "probe_templates")
     check_same_shape(g, k, "gallery", "keys")
     w = check_weights(probe_weights, q.shape[0], q.shape[1], "probe_weights")
     dt = compute_dtype(q)
     w = w.to(device=q.device, dtype=dt)
+    order = k_stored = gw = None
+    if rec is not None:
+        order, k_stored = rec.order, rec.stored_keys
+        gw = rec.weights.to(dt).gather(1, order)  # type: ignore[union-attr]  # storage order
     scores = torch.empty(q.shape[0], dtype=dt, device=q.device)
     # two block-sized buffers reused by every block (fresh multi-MB temporaries cost page
     # faults on each allocation: +7 % throughput on CPU)
@@ -136,11 +193,27 @@ def match(
     for i in range(0, q.shape[0], BLOCK):
         sl = slice(i, i + BLOCK)
         gb = g[sl].to(device=q.device, dtype=dt)
-        # the gallery check, block by block while the block is in cache
-        _check_mass(gb, g, i, "gallery")
         b = gb.shape[0]
+        # the gallery check, block by block while the block is in cache
+        if order is None:
+            _check_mass(gb, g, i, "gallery")
+            ob = ks = None
+        else:
+            check_keyed_groups(gb, i, "gallery", g)
+            ob, ks = order[sl], k_stored[sl]  # type: ignore[index]
+        # keyed: the probe's rotated groups come out in the gallery's storage order
+        # (keyed: into a fresh block, the gather allocates one anyway)
         r = slerp_block(
-            q[sl], k[sl], alpha - w[sl], dt, q, k, ("probe_templates", "keys"), out=rbuf[:b]
+            q[sl],
+            k[sl],
+            alpha - w[sl],
+            dt,
+            q,
+            k,
+            ("probe_templates", "keys"),
+            rbuf[:b] if ob is None else None,
+            ob,
+            ks,
         )
         # g is zero where the gallery dropped a coordinate, so g.r needs no mask
         dots = torch.mul(gb, r, out=tmp[:b]).sum(-1)  # (b, m)
@@ -148,7 +221,10 @@ def match(
         # zeros elsewhere (one cheap pass; a bool mask costs 2.5x as much on CPU)
         n = torch.linalg.vector_norm(r.mul_(torch.sign(gb, out=tmp[:b])), dim=-1)
         # a group the gallery dropped entirely (zero weight) contributes 0
-        scores[sl] = (dots / n.clamp_min(torch.finfo(dt).tiny)).sum(-1)
+        contrib = dots / n.clamp_min(torch.finfo(dt).tiny)
+        if gw is not None:  # keyed groups are unit: their weights come from the key record
+            contrib.mul_(gw[sl])
+        scores[sl] = contrib.sum(-1)
     return MatchResult(scores, score_to_distance(scores))
 
 
@@ -209,23 +285,48 @@ def _chunk_rows(n_probes: int, groups: int, budget: int = 1 << 22) -> int:
 
 
 def _check_search_inputs(
-    gallery: torch.Tensor, gallery_keys: torch.Tensor, group_size: int, check_gallery: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    g = (
-        _check_gallery(gallery, group_size)
-        if check_gallery
-        else as_groups(gallery, group_size, "gallery")
-    )
+    gallery: torch.Tensor,
+    gallery_keys: torch.Tensor | KeyRecord,
+    group_size: int,
+    check_gallery: bool,
+    storage: str,
+    gallery_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    rec = keyed_record(storage, gallery_keys, gallery_weights)
+    if isinstance(gallery_keys, KeyRecord):
+        gallery_keys = gallery_keys.keys
+    if check_gallery and rec is None:
+        g = _check_gallery(gallery, group_size)
+    else:
+        g = as_groups(gallery, group_size, "gallery")
+        if check_gallery:
+            check_keyed_groups(g, 0, "gallery", g)
     k = expect_tensor(gallery_keys, "gallery_keys", floating=True)
     if k.dim() == 2:
         k = k.reshape(k.shape[0], -1, group_size)
     check_same_shape(g, k, "gallery", "gallery_keys")
-    return g, k
+    if rec is None:
+        return g, k, None
+    # the weights (float32 at least: each chunk is computed in float32 or float64) and where
+    # each original group sits in storage
+    rec = rec.to(g.device)
+    wide = torch.float64 if g.dtype == torch.float64 else torch.float32
+    return g, k, (rec.weights.to(wide), rec.inverse)  # type: ignore[union-attr]
+
+
+def _gallery_chunk(
+    g: torch.Tensor, keyed: tuple[torch.Tensor, torch.Tensor] | None, rows: slice, dt: torch.dtype
+) -> torch.Tensor:
+    """Gallery rows as paper-format templates (keyed ones put back in place and weighted, one
+    fused gather per chunk, amortized over all probes)."""
+    if keyed is None:
+        return g[rows]
+    return gather_groups(g[rows].to(dt), keyed[1][rows], keyed[0][rows].to(dt))
 
 
 def score_matrix(
     gallery: torch.Tensor,
-    gallery_keys: torch.Tensor,
+    gallery_keys: torch.Tensor | KeyRecord,
     probe_templates: torch.Tensor,
     probe_weights: torch.Tensor,
     alpha: float = DEFAULT_ALPHA,
@@ -233,14 +334,18 @@ def score_matrix(
     *,
     chunk_size: int | None = None,
     check_gallery: bool = True,
+    storage: Storage = "paper",
+    gallery_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """All scores ``(P, N)``: every raw probe against every protected gallery template.
 
     ``check_gallery=False`` skips the full pass that checks every gallery template's group norms
-    (useful for a large, already validated gallery).
+    (useful for a large, already validated gallery). Keyed galleries: as in ``match``.
     """
     check_alpha(alpha)
-    g, k = _check_search_inputs(gallery, gallery_keys, group_size, check_gallery)
+    g, k, keyed = _check_search_inputs(
+        gallery, gallery_keys, group_size, check_gallery, storage, gallery_weights
+    )
     qt, qt2, a = _probe_side(probe_templates, probe_weights, alpha, group_size)
     if qt.shape[0] != g.shape[1]:
         raise ShapeError(
@@ -248,7 +353,9 @@ def score_matrix(
         )
     rows = chunk_size or _chunk_rows(qt.shape[-1], g.shape[1])
     out = [
-        _chunk_scores(g[i : i + rows], k[i : i + rows], qt, qt2, a)
+        _chunk_scores(
+            _gallery_chunk(g, keyed, slice(i, i + rows), qt.dtype), k[i : i + rows], qt, qt2, a
+        )
         for i in range(0, g.shape[0], rows)
     ]
     return torch.cat(out, dim=1)
@@ -256,7 +363,7 @@ def score_matrix(
 
 def search(
     gallery: torch.Tensor,
-    gallery_keys: torch.Tensor,
+    gallery_keys: torch.Tensor | KeyRecord,
     probe_templates: torch.Tensor,
     probe_weights: torch.Tensor,
     alpha: float = DEFAULT_ALPHA,
@@ -265,13 +372,18 @@ def search(
     top_k: int = 5,
     chunk_size: int | None = None,
     check_gallery: bool = True,
+    storage: Storage = "paper",
+    gallery_weights: torch.Tensor | None = None,
 ) -> SearchResult:
     """1:N search: the ``top_k`` best gallery entries for each probe, streamed over chunks.
 
-    Memory stays bounded by one chunk whatever N is; scores equal ``score_matrix``'s.
+    Memory stays bounded by one chunk whatever N is; scores equal ``score_matrix``'s. Keyed
+    galleries: as in ``match``.
     """
     check_alpha(alpha)
-    g, k = _check_search_inputs(gallery, gallery_keys, group_size, check_gallery)
+    g, k, keyed = _check_search_inputs(
+        gallery, gallery_keys, group_size, check_gallery, storage, gallery_weights
+    )
     if not isinstance(top_k, int) or not (1 <= top_k <= g.shape[0]):
         raise RangeError(f"top_k: expected an integer in [1, {g.shape[0]}], got {top_k!r}")
     qt, qt2, a = _probe_side(probe_templates, probe_weights, alpha, group_size)
@@ -282,7 +394,8 @@ def search(
     rows = chunk_size or _chunk_rows(qt.shape[-1], g.shape[1])
     best_s = best_i = None
     for i in range(0, g.shape[0], rows):
-        s = _chunk_scores(g[i : i + rows], k[i : i + rows], qt, qt2, a)
+        gc = _gallery_chunk(g, keyed, slice(i, i + rows), qt.dtype)
+        s = _chunk_scores(gc, k[i : i + rows], qt, qt2, a)
         idx = torch.arange(i, i + s.shape[1], device=s.device).expand_as(s)
         if best_s is not None:
             s = torch.cat([best_s, s], dim=1)

@@ -52,6 +52,13 @@ from facelab.slerpface._checks import (
     check_weights,
     compute_dtype,
 )
+from facelab.slerpface.keyed import (
+    KeyRecord,
+    Storage,
+    as_record,
+    check_storage,
+    gather_groups,
+)
 
 Sampling = Literal["replacement", "exact"]
 SAMPLINGS: tuple[str, ...] = ("replacement", "exact")
@@ -72,6 +79,9 @@ class SlerpParams:
     ``group_size``: dims per group (16 = the channels of ``group_cov``).
     ``sampling``: ``"replacement"`` (reference) or ``"exact"`` (see the module docstring).
     ``gap_base``: the reference's ``gap = int(gap_base * drop_rate)`` (8).
+    ``storage``: ``"paper"`` (the paper's stored format: group i = ``w_i`` times a unit group, in
+    place) or ``"keyed"`` (ours: unit groups in a key-derived order, the weights in the key
+    record; see ``facelab.slerpface.keyed``). Both give identical match scores.
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -79,12 +89,14 @@ class SlerpParams:
     group_size: int = DEFAULT_GROUP_SIZE
     sampling: Sampling = "replacement"
     gap_base: int = DEFAULT_GAP_BASE
+    storage: Storage = "paper"
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
         drop_counts(self.drop_rate, self.group_size, self.gap_base)
         if self.sampling not in SAMPLINGS:
             raise UnknownNameError(f"sampling: expected one of {SAMPLINGS}, got {self.sampling!r}")
+        check_storage(self.storage)
 
     @property
     def counts(self) -> tuple[int, int]:
@@ -92,11 +104,16 @@ class SlerpParams:
         return drop_counts(self.drop_rate, self.group_size, self.gap_base)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; ``storage`` only when it is ``"keyed"``, so paper-format files keep the
+        metadata they had before the keyed format existed."""
+        d = asdict(self)
+        if d["storage"] == "paper":
+            del d["storage"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlerpParams:
-        known = {"alpha", "drop_rate", "group_size", "sampling", "gap_base"}
+        known = {"alpha", "drop_rate", "group_size", "sampling", "gap_base", "storage"}
         extra = set(d) - known
         if extra:
             raise UnknownNameError(f"SlerpParams: unknown fields {sorted(extra)}")
@@ -259,8 +276,10 @@ def _keep_mask(
     sampling: str,
     gap_base: int,
     generator: torch.Generator | None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float ``(B, m, d)``: 1 where a coordinate is kept, 0 where it is dropped."""
+    """Float ``(B, m, d)``: 1 where a coordinate is kept, 0 where it is dropped. With ``order``
+    the same draws, position ``j`` holding group ``order[:, j]``'s mask."""
     w = expect_tensor(weights, "weights", floating=True)
     if w.dim() != 2:
         raise ShapeError(f"weights: expected (B, m), got shape {tuple(w.shape)}")
@@ -275,6 +294,8 @@ def _keep_mask(
     exact = sampling == "exact"
     if group_size <= _TABLE_MAX_BITS:
         bits = _sample_patterns(is_low, (low, high), group_size, exact, g).to(torch.int32)
+        if order is not None:
+            bits = bits.gather(1, order)
         one_hot = torch.tensor([1 << i for i in range(group_size)], dtype=torch.int32, device=dev)
         return (torch.bitwise_and(bits.unsqueeze(-1), one_hot) == 0).to(dt)
     counts = torch.where(is_low, low, high)
@@ -282,7 +303,7 @@ def _keep_mask(
         # a random permutation per group; its first `count` positions are dropped
         perm = torch.rand((b, m, group_size), generator=g, device=dev).argsort(dim=-1)
         first = (torch.arange(group_size, device=dev) >= counts.unsqueeze(-1)).to(dt)
-        return torch.empty_like(first).scatter_(-1, perm, first)
+        return _ordered(torch.empty_like(first).scatter_(-1, perm, first), order)
     cmax = int(counts.max()) if counts.numel() else 0
     if cmax == 0:
         return torch.ones((b, m, group_size), dtype=dt, device=dev)
@@ -290,11 +311,38 @@ def _keep_mask(
     # draws beyond a group's count go to a spare column that is cut off afterwards
     idx.masked_fill_(torch.arange(cmax, device=dev) >= counts.unsqueeze(-1), group_size)
     keep = torch.ones((b, m, group_size + 1), dtype=dt, device=dev)
-    return keep.scatter_(-1, idx, 0.0)[..., :group_size]
+    return _ordered(keep.scatter_(-1, idx, 0.0)[..., :group_size].contiguous(), order)
+
+
+def _ordered(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    return x if order is None else gather_groups(x, order)
 
 
 #: below this sin(theta) (about 3 degrees) a group takes the exact path (see ``slerp_groups``)
 _SMALL_SIN = 0.05
+
+
+def _slerp_coefficients(
+    t: torch.Tensor,
+    k: torch.Tensor,
+    alphas: torch.Tensor,
+    names: tuple[str, str] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group ``A``, ``B`` (``(..., 1)``) with ``slerp = A t + B k`` and the groups too close
+    to th = 0 or pi for them (``(...)`` bool; see ``slerp_groups``)."""
+    nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
+    if names is not None:
+        check_group_norms(nt, t, names[0])
+        check_group_norms(nk, k, names[1])
+    c = (torch.linalg.vecdot(t, k).unsqueeze(-1) / (nt * nk)).clamp_(-1.0, 1.0)
+    s = (1.0 - c * c).clamp_(min=0.0).sqrt_()
+    phi = alphas.unsqueeze(-1) * torch.atan2(s, c)
+    sin_phi = torch.sin(phi)
+    s_safe = s.clamp(min=_SMALL_SIN)
+    coef_t = (torch.cos(phi) - sin_phi * c / s_safe) / nt
+    coef_k = sin_phi / (s_safe * nk)
+    return coef_t, coef_k, (s < _SMALL_SIN).squeeze(-1)
 
 
 def slerp_groups(
@@ -314,22 +362,41 @@ def slerp_groups(
     ``facelab.core.sphere.slerp`` (rotation form, deterministic great circle at th = pi).
     The group norms also validate the inputs (finite, no zero group) unless ``names`` is None.
     """
-    nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
-    nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
-    if names is not None:
-        check_group_norms(nt, t, names[0])
-        check_group_norms(nk, k, names[1])
-    c = (torch.linalg.vecdot(t, k).unsqueeze(-1) / (nt * nk)).clamp_(-1.0, 1.0)
-    s = (1.0 - c * c).clamp_(min=0.0).sqrt_()
-    phi = alphas.unsqueeze(-1) * torch.atan2(s, c)
-    sin_phi = torch.sin(phi)
-    s_safe = s.clamp(min=_SMALL_SIN)
-    coef_t = (torch.cos(phi) - sin_phi * c / s_safe) / nt
-    coef_k = sin_phi / (s_safe * nk)
+    coef_t, coef_k, near = _slerp_coefficients(t, k, alphas, names)
     out = torch.mul(coef_t, t, out=out).addcmul_(coef_k, k)
-    near = (s < _SMALL_SIN).squeeze(-1)
     if bool(near.any()):
         out[near] = slerp(t[near], k[near], alphas[near], check=False)
+    return out
+
+
+def slerp_groups_ordered(
+    t: torch.Tensor,
+    k: torch.Tensor,
+    alphas: torch.Tensor,
+    order: torch.Tensor,
+    k_stored: torch.Tensor,
+    names: tuple[str, str] | None = ("templates", "keys"),
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``slerp_groups(t, k, alphas)`` with position ``j`` holding group ``order[:, j]``, for
+    ``(b, m, d)`` inputs; ``k_stored`` is ``k`` in that order (``KeyRecord.stored_keys``).
+
+    The first pass over ``t`` gathers and scales it at once (``gather_groups``), so the result
+    costs one gather more than ``slerp_groups`` minus one multiply pass.
+    """
+    coef_t, coef_k, near = _slerp_coefficients(t, k, alphas, names)
+    ct = coef_t.squeeze(-1).gather(1, order)
+    ck = coef_k.squeeze(-1).gather(1, order).unsqueeze(-1)
+    tg = gather_groups(t, order, ct)
+    # in place when no output buffer is given (the gather allocated one already)
+    out = tg.addcmul_(ck, k_stored) if out is None else torch.addcmul(tg, ck, k_stored, out=out)
+    if bool(near.any()):
+        near_st = near.gather(1, order)
+        b, m, d = t.shape
+        flat = order + torch.arange(b, device=t.device).unsqueeze(1) * m
+        src = flat[near_st]
+        a = alphas.reshape(-1)[src]
+        out[near_st] = slerp(t.reshape(-1, d)[src], k.reshape(-1, d)[src], a, check=False)
     return out
 
 
@@ -352,7 +419,7 @@ def group_slerp(
 def protect(
     templates: torch.Tensor,
     weights: torch.Tensor,
-    keys: torch.Tensor,
+    keys: torch.Tensor | KeyRecord,
     alpha: float = DEFAULT_ALPHA,
     drop_rate: float = DEFAULT_DROP_RATE,
     group_size: int = DEFAULT_GROUP_SIZE,
@@ -361,18 +428,33 @@ def protect(
     gap_base: int = DEFAULT_GAP_BASE,
     generator: torch.Generator | None = None,
     dropped: torch.Tensor | None = None,
+    storage: Storage = "paper",
 ) -> torch.Tensor:
     """Protect a batch of group templates; returns ``(B, m, d)`` protected templates.
 
     ``templates``: ``(B, m, d)`` (or flat ``(B, m*d)``) raw group features;
     ``weights``: ``(B, m)`` attention weights summing to 1; ``keys``: ``(B, m, d)`` key groups
-    (normalized here). ``dropped`` optionally fixes the dropout mask (``(B, m, d)`` bool, True =
-    dropped) instead of drawing one with ``generator`` (a fresh CSPRNG-seeded generator when
-    None). Group i of the result has norm ``w_i`` and is zero on its dropped coordinates.
+    (normalized here), or their ``KeyRecord``. ``dropped`` optionally fixes the dropout mask
+    (``(B, m, d)`` bool, True = dropped) instead of drawing one with ``generator`` (a fresh
+    CSPRNG-seeded generator when None).
+
+    ``storage="paper"``: group i of the result has norm ``w_i`` and is zero on its dropped
+    coordinates. ``storage="keyed"`` (ours): the same groups with unit norm (0 where ``w_i =
+    0``), position j holding group ``order[:, j]`` of the key's order (``key_permutation``; pass
+    a ``KeyRecord`` to reuse it, else it is derived here, about a fifth of a protect's time);
+    the weights belong in the key record. The same generator state draws the same dropout in
+    both formats, so both give the same match scores.
     """
     check_alpha(alpha)
     drop_counts(drop_rate, group_size, gap_base)
+    keyed = check_storage(storage) == "keyed"
+    rec = as_record(keys) if keyed else None
+    if rec is None and isinstance(keys, KeyRecord):
+        keys = keys.keys
     t = as_groups(templates, group_size, "templates", finite=False)
+    if rec is not None:
+        rec = rec.to(t.device)
+        keys = rec.keys
     k = as_groups(keys, group_size, "keys", finite=False)
     check_same_shape(t, k, "templates", "keys")
     b, m, d = t.shape
@@ -387,17 +469,23 @@ def protect(
             )
     else:
         generator = _generator(t.device, generator)
+    order = k_stored = None
+    if rec is not None:
+        order, k_stored = rec.order, rec.stored_keys
     out = torch.empty((b, m, d), dtype=dt, device=t.device)
     # blocks of templates that stay in cache: several times faster than whole-batch passes
     for i in range(0, b, BLOCK):
         sl = slice(i, i + BLOCK)
         wb = w[sl]
-        # computed in place in the output (no block-sized temporary to allocate)
-        p = slerp_block(t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"), out=out[sl])
+        ob = None if order is None else order[sl]
+        ks = None if k_stored is None else k_stored[sl]
+        # computed in place in the output (no block-sized temporary to allocate); keyed: each
+        # group written straight to its stored position
+        p = slerp_block(t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"), out[sl], ob, ks)
         if dropped is None:
-            keep = _keep_mask(wb, drop_rate, group_size, sampling, gap_base, generator)
+            keep = _keep_mask(wb, drop_rate, group_size, sampling, gap_base, generator, ob)
         else:
-            keep = (~dropped[sl]).to(device=p.device, dtype=dt)
+            keep = _ordered((~dropped[sl]).to(device=p.device, dtype=dt), ob)
         p = p.mul_(keep)
         n = torch.linalg.vector_norm(p, dim=-1, keepdim=True)
         if bool((n <= 1e-12).any()):
@@ -405,7 +493,11 @@ def protect(
                 f"protect: {int((n <= 1e-12).sum())} group(s) are zero after dropout (every "
                 "kept coordinate of the rotated group is 0); the mask keeps too few coordinates"
             )
-        p.mul_(wb.unsqueeze(-1) / n)
+        if ob is None:
+            p.mul_(wb.unsqueeze(-1) / n)
+        else:
+            # unit groups, 0 where the weight is 0 (as the paper format stores them)
+            p.mul_(torch.where(wb.gather(1, ob) > 0, 1.0, 0.0).unsqueeze(-1) / n)
     return out
 
 
@@ -422,11 +514,18 @@ def slerp_block(
     k_full: torch.Tensor,
     names: tuple[str, str],
     out: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    k_stored: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``slerp_groups`` on one block; a bad input is reported against the whole batch (so the
-    template index in the message is global)."""
+    """``slerp_groups`` on one block (``slerp_groups_ordered`` with ``order`` and ``k_stored``);
+    a bad input is reported against the whole batch (so the template index in the message is
+    global)."""
     try:
-        return slerp_groups(tb.to(dt), kb.to(dt), alphas, names, out=out)
+        if order is None or k_stored is None:
+            return slerp_groups(tb.to(dt), kb.to(dt), alphas, names, out=out)
+        return slerp_groups_ordered(
+            tb.to(dt), kb.to(dt), alphas, order, k_stored.to(dt), names, out=out
+        )
     except FacelabError:
         for x, name in zip((t_full, k_full), names):
             expect_finite(x, name)

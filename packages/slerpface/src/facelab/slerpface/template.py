@@ -11,6 +11,11 @@ The reference pickles ``[template, key]`` together into one ``.npy`` (loaded wit
 ``allow_pickle=True``): anyone holding the database holds the keys, and loading runs arbitrary
 code. Here tensor names containing "key" are refused outright, and the key stays in a
 ``KeyStore``.
+
+Versions: 1 is every method's format and SlerpFace's paper format (``storage`` absent from the
+parameters); 2 is SlerpFace's keyed format (``params["storage"] == "keyed"``: unit groups in a
+key-derived order, the weights in the key record -- never a tensor of this file). A reader tells
+them apart by the version and refuses a file whose version and storage disagree.
 """
 
 from __future__ import annotations
@@ -37,8 +42,14 @@ from facelab.core.errors import (
 from facelab.slerpface.keys import atomic_write, read_safetensors
 
 TEMPLATE_FORMAT = "facelab.slerpface.protected-template"
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2  # the newest version this code writes (keyed SlerpFace templates)
+PAPER_VERSION = 1  # every other template, written as before the keyed format existed
+KNOWN_VERSIONS: tuple[int, ...] = (1, 2)
 METHODS: tuple[str, ...] = ("slerpface", "unprotected", "biohashing", "ironmask")
+
+
+def _storage_of(method: str, params: dict[str, Any]) -> str:
+    return str(params.get("storage", "paper")) if isinstance(params, dict) else "paper"
 
 
 def _content_digest(
@@ -60,7 +71,8 @@ class ProtectedTemplate:
 
     ``tensors``: method-specific arrays, each with first dim N (SlerpFace: ``"templates"``
     ``(N, m, d)``); ``key_ids``: N ids into a ``KeyStore``; ``params``: the protection
-    parameters (JSON-serializable); ``subjects``: optional N labels.
+    parameters (JSON-serializable); ``subjects``: optional N labels. ``version`` follows from
+    the storage (2 for keyed SlerpFace templates, else 1); a different one is refused.
     """
 
     method: str
@@ -68,11 +80,30 @@ class ProtectedTemplate:
     key_ids: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     subjects: tuple[str, ...] | None = None
-    version: int = TEMPLATE_VERSION
+    version: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UnknownNameError(f"method: expected one of {METHODS}, got {self.method!r}")
+        storage = _storage_of(self.method, self.params)
+        if storage not in ("paper", "keyed") or (storage == "keyed" and self.method != "slerpface"):
+            raise FormatError(
+                f"params['storage']: expected 'paper' or (for slerpface) 'keyed', got "
+                f"{storage!r} for method {self.method!r}"
+            )
+        expected = TEMPLATE_VERSION if storage == "keyed" else PAPER_VERSION
+        if self.version is None:
+            self.version = expected
+        elif self.version != expected:
+            raise FormatError(
+                f"version {self.version} does not match the storage: {storage!r} templates are "
+                f"version {expected}"
+            )
+        if storage == "keyed" and set(self.tensors) != {"templates"}:
+            raise FormatError(
+                "a keyed SlerpFace template file holds only 'templates' (the weights stay in the "
+                f"key record), got tensors {sorted(self.tensors)}"
+            )
         if not isinstance(self.tensors, dict) or not self.tensors:
             raise FacelabTypeError("tensors: expected a non-empty dict of name -> tensor")
         self.key_ids = tuple(str(k) for k in self.key_ids)
@@ -100,6 +131,11 @@ class ProtectedTemplate:
 
     def __len__(self) -> int:
         return len(self.key_ids)
+
+    @property
+    def storage(self) -> str:
+        """``"paper"`` or ``"keyed"`` (SlerpFace); ``"paper"`` for the other methods."""
+        return _storage_of(self.method, self.params)
 
     def select(self, index: int | slice | Sequence[int] | torch.Tensor) -> ProtectedTemplate:
         """A subset of the rows (int, slice, index list or tensor)."""
@@ -180,10 +216,10 @@ class ProtectedTemplate:
             raise FormatError(
                 f"{path}: expected a {TEMPLATE_FORMAT} file, got format {meta.get('format')!r}"
             )
-        if meta.get("version") != str(TEMPLATE_VERSION):
+        if meta.get("version") not in [str(v) for v in KNOWN_VERSIONS]:
             raise FormatError(
                 f"{path}: unsupported protected-template version {meta.get('version')!r} "
-                f"(this reader knows {TEMPLATE_VERSION})"
+                f"(this reader knows {', '.join(str(v) for v in KNOWN_VERSIONS)})"
             )
         digest = meta.pop("digest", None)
         integrity = meta.get("integrity")
@@ -205,6 +241,6 @@ class ProtectedTemplate:
         except (KeyError, json.JSONDecodeError) as exc:
             raise FormatError(f"{path}: protected-template metadata is incomplete: {exc}") from exc
         try:
-            return cls(method, tensors, tuple(key_ids), params, subjects)
-        except (ShapeError, UnknownNameError, FacelabTypeError) as exc:
+            return cls(method, tensors, tuple(key_ids), params, subjects, int(meta["version"]))
+        except (ShapeError, UnknownNameError, FacelabTypeError, FormatError) as exc:
             raise FormatError(f"{path}: inconsistent protected template: {exc}") from exc
