@@ -61,3 +61,21 @@ def test_baseline_rows_small():
     assert all(r["ours/s"] > 0 and r["reference/s"] > 0 for r in rows)
     assert "equal to the loop's: 1.0000" in rows[0]["note"]
     assert float(rows[1]["note"].split("loop ")[1].split(";")[0]) < 1e-6
+
+
+def test_keyed_rows_compare_equal_work():
+    """The keyed-vs-paper rows time protect / match on the same data and key material, and the
+    two formats' scores agree (so the ratio compares equal work)."""
+    from facelab.benchmarks.slerpface_speed import _data, _keyed_rows
+
+    t, w, k = _data(64, seed=0)
+    q = t + 0.5 * torch.randn(t.shape, generator=torch.Generator().manual_seed(1))
+    rows = _keyed_rows(t, w, k, q, 1)
+    names = [r["benchmark"].split(",")[0] for r in rows]
+    assert names == [
+        "slerpface keyed protect",
+        "slerpface keyed match 1:1",
+        "slerpface keyed record preparation",
+    ]
+    assert all(r["ours/s"] > 0 and r["reference/s"] > 0 for r in rows)
+    assert float(rows[1]["note"].split("paper ")[1].split(";")[0]) < 1e-5

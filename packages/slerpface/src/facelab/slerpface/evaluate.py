@@ -466,18 +466,17 @@ class Report:
         }
 
     def linkability_markdown(self) -> str:
-        """Every linkability attack per method (group-template methods), then the sweep."""
-        rows = [
-            {"alpha": self.settings.get("alpha", math.nan), "storage": r.method}
-            | {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, "eer": r.eer}
-            | {"linkability": r.linkability}
-            for r in self.methods
-            if r.linkability
-        ]
+        """Every linkability attack per group-template method, then the sweep over alpha."""
+        rows = [r for r in self.methods if r.linkability]
         out = ""
         if rows:
-            out += "D_sys (null mean, null 95th percentile) of each attack:\n\n"
-            out += linkability_markdown(rows).replace("| storage |", "| method |", 1)
+            names = list(dict.fromkeys(a for r in rows for a in r.linkability))
+            out += "D_sys (null mean, null 95th percentile) of each linkability attack:\n\n"
+            out += "| method | " + " | ".join(names) + " |\n"
+            out += "|" + "---|" * (1 + len(names)) + "\n"
+            for r in rows:
+                cells = " | ".join(_cell(r.linkability.get(n)) for n in names)
+                out += f"| {r.method} | {cells} |\n"
         if self.linkability_sweep:
             out += "\nBoth SlerpFace storage formats over alpha:\n\n"
             out += linkability_markdown(self.linkability_sweep)
