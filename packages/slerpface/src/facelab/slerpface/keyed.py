@@ -26,6 +26,7 @@ protect on CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +40,7 @@ from facelab.core.errors import (
     ShapeError,
     expect_finite,
     expect_tensor,
+    extremes,
 )
 from facelab.slerpface._checks import as_groups, check_weights
 
@@ -120,16 +122,30 @@ def gather_groups(
     and scale (the scale in the output's order).
 
     One fused gather-and-scale: ``embedding_bag`` with one index per bag and per-sample weights
-    (on CPU about 0.6x the time of ``index_select`` alone, which has no scale).
+    (on CPU about half the time of ``index_select`` followed by a multiply).
     """
     b, m, d = x.shape
     rows = x.reshape(b * m, d)
-    flat = order + torch.arange(b, device=x.device, dtype=order.dtype).unsqueeze(1) * m
-    flat = flat.reshape(-1, 1)
-    if scale is None:
-        return F.embedding_bag(flat, rows, mode="sum").view(b, m, d)
-    psw = scale.to(x.dtype).reshape(-1, 1)
-    return F.embedding_bag(flat, rows, mode="sum", per_sample_weights=psw).view(b, m, d)
+    flat = (order + torch.arange(b, device=x.device, dtype=order.dtype).unsqueeze(1) * m).view(-1)
+    offsets = _bag_offsets(b * m, x.device)
+    psw = None if scale is None else scale.to(x.dtype).reshape(-1)
+    out = F.embedding_bag(flat, rows, offsets, mode="sum", per_sample_weights=psw)
+    return out.view(b, m, d)
+
+
+_OFFSETS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _bag_offsets(n: int, device: torch.device) -> torch.Tensor:
+    """``arange(n)``: one index per bag (1-D indices with offsets are ~30 % faster on CPU than
+    2-D indices, for which ``embedding_bag`` builds this tensor on every call)."""
+    key = (n, str(device))
+    offsets = _OFFSETS.get(key)
+    if offsets is None:
+        if len(_OFFSETS) > 8:
+            _OFFSETS.clear()
+        offsets = _OFFSETS[key] = torch.arange(n, device=device)
+    return offsets
 
 
 @dataclass(eq=False)
@@ -253,11 +269,14 @@ def check_keyed_groups(g: torch.Tensor, offset: int, name: str, whole: torch.Ten
     norm 1 (or 0 where its weight is 0)."""
     wide = torch.float64 if g.dtype == torch.float64 else torch.float32
     norms = torch.linalg.vector_norm(g, dim=-1, dtype=wide)
-    dev = torch.minimum(norms, (norms - 1).abs())
+    lo, hi = extremes(norms)  # one pass, one sync: all unit is the common case
+    if lo >= 1 - UNIT_TOL and hi <= 1 + UNIT_TOL:
+        return
+    dev = torch.minimum(norms, (norms - 1).abs())  # zero groups (zero weights) are allowed
     worst = float(dev.max())
     if worst <= UNIT_TOL:
         return
-    if worst != worst or worst == float("inf"):  # NaN / Inf
+    if not math.isfinite(worst):
         expect_finite(whole, name)
     i, j = divmod(int(dev.argmax()), g.shape[1])
     raise FormatError(
