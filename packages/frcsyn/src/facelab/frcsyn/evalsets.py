@@ -37,7 +37,9 @@ class PairSet:
     ``images``: float32 (N, 3, H, W) in [-1, 1], each image once; ``issame``: (P,) bool;
     ``groups``: (P,) demographic group names or None; ``identities``: (N,) identity of each
     image when known (toy sets), used by the leakage check's report; ``stands_in_for``: the
-    challenge set a toy set replaces (e.g. ``"CFP-FP"``).
+    challenge set a toy set replaces (e.g. ``"CFP-FP"``); ``image_names``: file of each image
+    (pair lists); ``attributes``: per-image toyfaces attributes (toy sets: ``identity``,
+    ``image``, ``yaw``, ``occlusion_type`` ...), for analysis by condition.
     """
 
     name: str
@@ -49,6 +51,7 @@ class PairSet:
     identities: np.ndarray | None = None
     stands_in_for: str | None = None
     image_names: list[str] | None = field(default=None, repr=False)
+    attributes: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:

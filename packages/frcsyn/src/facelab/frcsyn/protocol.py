@@ -108,9 +108,12 @@ class RunConfig:
     toy_real_images: int = 4000
     """size of the 'toyfaces' real part of sub-tasks x.3 (images)"""
     toy_real_identities: int = 200
+    """people of the 'toyfaces' real part of sub-tasks x.3"""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/frcsyn"
+    """entry/ and baseline/ (checkpoints, model), frcsyn.json, row.md, roc-*.png; use a fresh
+    folder per training set (training resumes from the checkpoints it finds there)"""
     check: bool = True
     """refuse training data that break the sub-task's rules"""
     plots: bool = True

@@ -238,10 +238,40 @@ def write_manifest(
 
 
 def _count_index(path: Path) -> tuple[int, int]:
-    from facelab.core.data.folders import read_index
+    """Images and identities of an index file (core's format), checked line by line like
+    core's ``read_index`` but with plain string operations: 500,000 lines in well under a
+    second (core's reader, which builds a path object per line, takes tens of seconds)."""
+    from facelab.core.data.folders import IMAGE_EXTENSIONS
 
-    rel = read_index(path)
-    return len(rel), len({p.split("/", 1)[0] for p in rel})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: cannot read index file: {exc}") from exc
+    exts = frozenset(IMAGE_EXTENSIONS)
+    seen: set[str] = set()
+    identities: set[str] = set()
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        parts = line.split("/")
+        dot = parts[-1].rfind(".")
+        if len(parts) < 2 or not parts[0] or not parts[-1] or line[0] == "/" or ".." in parts:
+            raise FormatError(
+                f"{path} line {n}: expected a relative path 'identity/image.ext' without '..', "
+                f"got {line!r}"
+            )
+        if dot < 0 or parts[-1][dot:].lower() not in exts:
+            raise FormatError(
+                f"{path} line {n}: {line!r} has no image extension ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        if line in seen:
+            raise FormatError(f"{path} line {n}: {line!r} is listed twice")
+        seen.add(line)
+        identities.add(parts[0])
+    if not seen:
+        raise FormatError(f"{path}: empty dataset, the index file lists no image")
+    return len(seen), len(identities)
 
 
 def _count_folders(root: Path) -> tuple[int, int]:

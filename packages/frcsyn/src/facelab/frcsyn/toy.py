@@ -65,6 +65,7 @@ class ToyEditionConfig:
     """Sizes of the toy edition's evaluation sets."""
 
     image_size: int = 56
+    """image side (``run``, ``table``, ``eval`` and ``leakage`` use the recognizer's input size)"""
     seed: int = 0
     sets: tuple[str, ...] = TOY_SETS
     """which sets to build: bupt, cfpfp, rof, agedb"""
@@ -122,7 +123,7 @@ def _render_pairs(
     used, inv = np.unique(pairs.reshape(-1), return_inverse=True)
     inv = inv.reshape(-1, 2)
     images = ds.render(torch.from_numpy(used))
-    ids = ds.batch_attributes(torch.from_numpy(used))["identity"].numpy()
+    attrs = {k: v.numpy() for k, v in ds.batch_attributes(torch.from_numpy(used)).items()}
     return PairSet(
         name,
         images,
@@ -130,8 +131,9 @@ def _render_pairs(
         inv[:, 1],
         issame,
         groups=groups,
-        identities=ids,
+        identities=attrs["identity"],
         stands_in_for=stands_in_for,
+        attributes=attrs,
     )
 
 
