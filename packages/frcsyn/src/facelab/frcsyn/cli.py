@@ -81,6 +81,8 @@ def _run(argv: Sequence[str]) -> int:
         RunConfig, run_presets(), argv, f"{PROG} run", _run.__doc__ or "", default_preset="paper"
     )
     res = run(cfg)
+    if res is None:  # a non-main process of a distributed run
+        return 0
     print(res.check.summary())
     print()
     print(res.sets_table())
@@ -192,6 +194,8 @@ def _table(argv: Sequence[str]) -> int:
         output_dir=cfg.output_dir,
         require_equal_size=cfg.require_equal_size,
     )
+    if table is None:  # a non-main process of a distributed run
+        return 0
     if any(s.groups is not None for s in sets):
         print("Task 1 (bias mitigation: TO = AVG - SD over demographic groups)\n")
         print(table.markdown(1))

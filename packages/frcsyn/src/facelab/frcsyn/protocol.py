@@ -35,7 +35,7 @@ from facelab.frcsyn.check import CheckResult, check_subtask
 from facelab.frcsyn.evalsets import PairSet, load_eval_sets
 from facelab.frcsyn.leaderboard import LeaderboardRow, leaderboard_row
 from facelab.frcsyn.metrics import EvalConfig, SetResult, TaskScores, evaluate_model, task_scores
-from facelab.frcsyn.sources import SourceCount, count_source, open_training_source
+from facelab.frcsyn.sources import SourceCount, count_source, dataset_root, open_training_source
 from facelab.frcsyn.subtasks import get_subtask
 from facelab.frcsyn.toy import ToyEditionConfig, toy_eval_sets, toy_real_dataset
 
@@ -355,6 +355,13 @@ def _load_baseline_json(path: Path, task: int, sd_ddof: int) -> TaskScores:
         ) from exc
 
 
+def is_main_process() -> bool:
+    """True in a single process and on rank 0 of a distributed run."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def train_and_evaluate(
     name: str,
     sources: Sequence[str],
@@ -371,16 +378,18 @@ def train_and_evaluate(
     parts = [open_source(s, recipe.image_size, toy_size) for s in sources]
     model, _ = train_recognizer(recipe, parts, output_dir)
     train_time = time.perf_counter() - t0
-    results = evaluate_model(model, sets, eval_cfg)
+    # under `accelerate launch` every process trains; the main one evaluates
+    results = evaluate_model(model, sets, eval_cfg) if is_main_process() else {}
     n_img = sum(len(d) for d, _ in parts)  # type: ignore[arg-type]
     n_ids = sum(c for _, c in parts)
     return EntryResult(name, tuple(counts or sources), n_img, n_ids, results, model, train_time)
 
 
-def run(cfg: RunConfig, sets: Sequence[PairSet] | None = None) -> RunResult:
+def run(cfg: RunConfig, sets: Sequence[PairSet] | None = None) -> RunResult | None:
     """Check the training data against the sub-task, train the recipe, evaluate, and build the
     leaderboard row (with GAP when a baseline is given). Writes ``frcsyn.json``, ``row.md`` and
-    ROC plots into ``cfg.output_dir``."""
+    ROC plots into ``cfg.output_dir``. Under ``accelerate launch`` every process trains and
+    only the main one evaluates and returns a result (the others return None)."""
     st = get_subtask(cfg.subtask)
     if not cfg.train:
         raise RangeError("train: expected at least one training set (--train DIR)")
@@ -397,7 +406,7 @@ def run(cfg: RunConfig, sets: Sequence[PairSet] | None = None) -> RunResult:
             f"sub-task {st.id} (task 1) needs an evaluation set with demographic groups; "
             f"got {[s.name for s in sets]}"
         )
-    name = cfg.name or Path(cfg.train[0]).resolve().name or "entry"
+    name = cfg.name or dataset_root(cfg.train[0])[0].resolve().name or "entry"
     sources = [*cfg.real, *cfg.train]
     counts = [*real_counts, *syn_counts]
     entry = train_and_evaluate(
@@ -414,6 +423,8 @@ def run(cfg: RunConfig, sets: Sequence[PairSet] | None = None) -> RunResult:
                 "real baseline", [cfg.baseline], cfg.recipe, sets, cfg.eval, out / "baseline",
                 toy_size=size,
             )  # fmt: skip
+    if not is_main_process():
+        return None
     base_scores = baseline if isinstance(baseline, TaskScores) else None
     row = leaderboard_row(
         st,

@@ -21,7 +21,13 @@ from facelab.core.errors import RangeError
 from facelab.frcsyn.evalsets import PairSet
 from facelab.frcsyn.leaderboard import LeaderboardRow, columns, leaderboard_row
 from facelab.frcsyn.metrics import EvalConfig
-from facelab.frcsyn.protocol import TOYFACES, EntryResult, RecipeConfig, train_and_evaluate
+from facelab.frcsyn.protocol import (
+    TOYFACES,
+    EntryResult,
+    RecipeConfig,
+    is_main_process,
+    train_and_evaluate,
+)
 from facelab.frcsyn.sources import count_source
 from facelab.frcsyn.subtasks import get_subtask
 from facelab.frcsyn.toy import ToyEditionConfig
@@ -132,12 +138,13 @@ def cross_dataset_table(
     baseline: str | Path | None = TOYFACES,
     output_dir: str | Path = "runs/frcsyn-table",
     require_equal_size: bool = False,
-) -> CrossDatasetTable:
+) -> CrossDatasetTable | None:
     """Train ``recipe`` on every named dataset and on the baseline; score all on ``eval_sets``.
 
     ``baseline``: ``'toyfaces'`` (real toyfaces as large as the first dataset), a real training
     set path, or None (no GAP). Datasets of different sizes are allowed (a note says so) unless
-    ``require_equal_size``.
+    ``require_equal_size``. Under ``accelerate launch`` only the main process returns the table
+    (the others train and return None).
     """
     if not datasets:
         raise RangeError("datasets: expected at least one named training set")
@@ -180,6 +187,8 @@ def cross_dataset_table(
                 f"baseline: real toyfaces, {size[0]:,} images of {size[1]:,} people (the size of "
                 f"{first.name})"
             )
+    if not is_main_process():
+        return None
     table = CrossDatasetTable(entries, base, [s.name for s in eval_sets], eval_cfg.sd_ddof, notes)
     from facelab.core.recipe import write_json
 
