@@ -102,3 +102,5 @@ def test_real_dataset_and_standin(tmp_path):
         toy_real_dataset(4, 8, 32)
     with pytest.raises(UnknownNameError):
         ToyEditionConfig(sets=("lfw",))
+    with pytest.raises(RangeError, match="allow 60"):  # 10 people x 4 images: 60 genuine pairs
+        ToyEditionConfig(group_identities=10, group_images=4, group_pairs=200)

@@ -95,6 +95,13 @@ class ToyEditionConfig:
         for name in ("group_pairs", "hard_pairs"):
             if int(getattr(self, name)) < 20:
                 raise RangeError(f"{name}: expected at least 20 pairs, got {getattr(self, name)}")
+        k, m = int(self.group_identities), int(self.group_images)
+        if self.group_pairs // 2 > k * m * (m - 1) // 2:
+            raise RangeError(
+                f"group_pairs: {self.group_pairs // 2} genuine pairs per group asked for, but "
+                f"{k} people x {m} images allow {k * m * (m - 1) // 2}; raise group_images or "
+                "group_identities, or lower group_pairs"
+            )
 
 
 def _toyfaces(n: int, m: int, cfg: ToyEditionConfig, offset: int, difficulty="default"):
