@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from facelab.core.data.toyfaces import ToyFaces
-from facelab.core.errors import RangeError, UnknownNameError
+from facelab.core.errors import FacelabError, RangeError, UnknownNameError
 from facelab.frcsyn import (
     ToyEditionConfig,
     count_source,
@@ -96,7 +96,7 @@ def test_real_dataset_and_standin(tmp_path):
     root = write_toy_standin(tmp_path / "syn", 5, 3, image_size=32)
     cnt = count_source(root, scan=True)  # the manifest agrees with the files
     assert (cnt.num_images, cnt.num_identities, cnt.real_images) == (15, 5, 0)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FacelabError, match="holds files already"):
         write_toy_standin(tmp_path / "syn", 5, 3, image_size=32)
     with pytest.raises(RangeError):
         toy_real_dataset(4, 8, 32)

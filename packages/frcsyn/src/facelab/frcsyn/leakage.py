@@ -193,6 +193,8 @@ def leakage_check(
             f"the recognizer's threshold at FMR = {fmr:g} on the evaluation sets' {n_imp} "
             "impostor pairs"
         )
+        if n_imp * fmr < 1:
+            rule += f" (fewer than 1/FMR impostor pairs: the FMR can only be resolved to 1/{n_imp})"
         if not np.isfinite(threshold):
             threshold = float(np.max(all_scores[~all_same]))
             rule += " (no score reaches it: the highest impostor score is used)"

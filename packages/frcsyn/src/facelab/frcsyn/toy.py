@@ -283,10 +283,14 @@ def write_toy_standin(
     real data's). Returns ``root``.
     """
     from facelab.core.data.toyfaces import ToyFaces
+    from facelab.core.errors import FacelabError
 
     root = Path(root)
-    if (root / MANIFEST_NAME).exists() and not overwrite:
-        raise FileExistsError(f"{root / MANIFEST_NAME} exists; pass overwrite=True to replace")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise FacelabError(
+            f"{root}: expected a new or empty folder for the stand-in, it holds files already "
+            "(pass overwrite=True / --overwrite to replace them)"
+        )
     ds = ToyFaces(
         num_identities,
         images_per_identity,
