@@ -184,4 +184,30 @@ def test_leakage_flags_copied_evaluation_faces(runs, tmp_path):
     tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
     gallery = np.concatenate([embed(model, s.images).numpy() for s in sets])
     assert rep.max_cosine == pytest.approx((tmpl @ gallery.T).max(1), abs=1e-5)
-    assert rep.threshold <= 1.0 and "FMR = 0.001" in rep.threshold_rule
+    # the default threshold: the 99th percentile of evaluation people's best match against
+    # the other evaluation people (brute force over identities)
+    people = np.concatenate([s.identities for s in sets])
+    null = []
+    for p in np.unique(people):
+        t = gallery[people == p][:3].sum(0)
+        null.append(float((gallery[people != p] @ (t / np.linalg.norm(t))).max()))
+    assert rep.threshold == pytest.approx(np.quantile(null, 0.99), abs=1e-5)
+    assert rep.n_null == len(null) and "99th percentile" in rep.threshold_rule
+
+
+def test_eval_identities_from_genuine_pairs():
+    from facelab.frcsyn import PairSet
+    from facelab.frcsyn.leakage import eval_identity_labels
+
+    # images 0-1-2 linked by genuine pairs (a chain), 3-4 linked, 5 alone
+    s = PairSet(
+        "x",
+        torch.zeros(6, 3, 2, 2),
+        np.array([0, 1, 3, 0, 2]),
+        np.array([1, 2, 4, 5, 3]),
+        np.array([True, True, True, False, False]),
+    )
+    lab = eval_identity_labels(s, 2)
+    assert lab[0] == lab[1] == lab[2] and lab[3] == lab[4]
+    assert len({lab[0], lab[3], lab[5]}) == 3 and (lab < 0).all()
+    assert not set(eval_identity_labels(s, 0)) & set(lab)  # other sets never collide

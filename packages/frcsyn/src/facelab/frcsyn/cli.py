@@ -217,8 +217,9 @@ class LeakageArgs:
     synthetic: str
     """the synthetic training set (identity folders, index, RecordIO, manifest folder)"""
     threshold: float | None = None
-    """cosine threshold; default: the recognizer's threshold at --fmr on the evaluation sets"""
-    fmr: float = 1e-3
+    """cosine threshold; default: calibrated so that an unrelated identity is flagged with
+    probability --false-flag-rate (from the evaluation people themselves)"""
+    false_flag_rate: float = 0.01
     images_per_identity: int = 5
     bins: tuple[str, ...] = ()
     pairs: tuple[str, ...] = ()
@@ -248,7 +249,7 @@ def _leakage(argv: Sequence[str]) -> int:
         args.synthetic,
         sets,
         threshold=args.threshold,
-        fmr=args.fmr,
+        false_flag_rate=args.false_flag_rate,
         images_per_identity=args.images_per_identity,
     )
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.summary(args.limit))
