@@ -154,6 +154,34 @@ def test_manifest_per_identity_entries(tmp_path):
         read_manifest(tmp_path / "not.json")
 
 
+def test_manifest_of_the_synthesis_base(tmp_path):
+    """The fields core's synthesis base (``facelab synth sample``) writes: no ``num_images``,
+    but ``num_identities`` and ``images_per_identity``; identity folders (plus ``meta.json``,
+    ``contexts.safetensors``) next to it; an unfinished identity in a hidden ``.partial-``
+    folder."""
+    root = folders(tmp_path / "gen", ids=3, per=2)
+    for k in range(3):
+        (root / f"id{k}" / "meta.json").write_text("{}")
+    (root / "contexts.safetensors").write_bytes(b"x")
+    plan = {"format_version": 1, "num_identities": 4, "images_per_identity": 2, "seed": 0}
+    (root / "manifest.json").write_text(json.dumps(plan))
+    m = read_manifest(root / "manifest.json")
+    assert (m.num_images, m.num_identities, m.declares_real) == (8, 4, None)
+    assert count_source(root / "manifest.json").num_images == 8  # a bare JSON: the plan
+    (root / ".partial-id3").mkdir()
+    with pytest.raises(FormatError, match="holds 3 finished identity folders"):
+        count_source(root)  # the fourth identity is not finished
+    (root / ".partial-id3").rename(root / "id3")
+    folders(tmp_path / "more", ids=1, per=2)  # the fourth identity's images
+    for f in (tmp_path / "more" / "id0").iterdir():
+        f.rename(root / "id3" / f.name)
+    c = count_source(root)
+    assert (c.kind, c.num_images, c.num_identities) == ("manifest", 8, 4)
+    assert any("every identity folder" in n for n in c.notes)
+    assert count_source(root, scan=True).num_images == 8  # meta.json etc. are not images
+    assert check_subtask("1.1", [root]).ok
+
+
 def test_cli_check(tmp_path, capsys):
     ok = manifest(tmp_path, "ok", num_images=500_000, num_identities=10_000)
     assert facelab(["frcsyn", "check", "--subtask", "1.1", "--synthetic", str(ok)]) == 0

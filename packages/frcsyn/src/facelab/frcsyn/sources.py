@@ -19,6 +19,11 @@ field                     meaning
 ========================  ======================================================================
 ``num_images``            int, images in the dataset (aliases ``images``, ``total_images``)
 ``num_identities``        int, identities (aliases ``num_ids``, ``identities`` given as an int)
+``images_per_identity``   int; with ``num_identities`` gives the image count when ``num_images``
+                          is absent (the manifest of core's synthesis base, ``facelab synth
+                          sample``); the finished identity folders next to such a manifest are
+                          then counted (a directory listing, no image is opened), so a
+                          generation that stopped half-way is not counted as complete
 ``identities``            optional list (or object) with one entry per identity; when the counts
                           above are absent they are derived from it: an entry's ``num_images`` /
                           ``images`` (an int or a list of file names)
@@ -62,6 +67,9 @@ class Manifest:
     declares_real: bool | None  # None: the manifest says nothing about real images
     generator: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # True: num_images = num_identities x images_per_identity (a run's plan, as core's
+    # synthesis base writes it); the identity folders are then counted to see it finished
+    planned: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,10 +170,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             num_images = _count_identity_entries(per_id, where)
         if num_ids is None:
             num_ids = len(per_id)
+    per_identity = _int_field(data, ("images_per_identity",), where)
+    derived = False
+    if num_images is None and per_identity is not None and num_ids is not None:
+        num_images, derived = num_ids * per_identity, True  # core's synthesis manifest
     if num_images is None:
         raise FormatError(
             f"{where}: expected the image count as 'num_images' (or 'images' / 'total_images'), "
-            f"or an 'identities' list with per-identity 'num_images'; found keys {sorted(data)}"
+            "'num_identities' with 'images_per_identity', or an 'identities' list with "
+            f"per-identity 'num_images'; found keys {sorted(data)}"
         )
     real = _int_field(data, ("real_images", "num_real_images"), where)
     declares: bool | None = None
@@ -204,6 +217,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         declares_real=declares,
         generator=None if gen is None else str(gen),
         raw=data,
+        planned=derived,
     )
 
 
@@ -321,6 +335,13 @@ def _manifest_count(path: Path, manifest_path: Path, scan: bool) -> SourceCount:
                 f"{got.num_identities}"
             )
         notes.append(f"manifest counts match a scan of {root.name or root}")
+    elif m.planned:
+        plan = f"{m.num_identities} identities x {m.raw['images_per_identity']} images (the plan)"
+        if path.is_dir():  # a manifest folder: see that the generation finished
+            _check_finished(manifest_path, m)
+            notes.append(f"{plan}; every identity folder is there (images not counted)")
+        else:
+            notes.append(f"{plan}; pass the dataset folder to see that the generation finished")
     return SourceCount(
         path=str(path),
         kind="manifest",
@@ -330,6 +351,22 @@ def _manifest_count(path: Path, manifest_path: Path, scan: bool) -> SourceCount:
         manifest=m,
         notes=tuple(notes),
     )
+
+
+def _check_finished(manifest_path: Path, m: Manifest) -> None:
+    """A planned manifest's folder must hold every identity: ``num_identities`` visible
+    identity folders (or a packed ``train.rec``); hidden ``.partial-*`` / ``.staging`` folders
+    of an unfinished run do not count."""
+    root = manifest_path.parent
+    if (root / "train.rec").is_file() or m.num_identities is None:
+        return
+    done = sum(1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if done != m.num_identities:
+        raise FormatError(
+            f"{manifest_path}: plans {m.num_identities} identities x "
+            f"{m.raw['images_per_identity']} images, but {root} holds {done} finished identity "
+            "folders (an unfinished generation? rerun it to resume, or count the files with --scan)"
+        )
 
 
 def _count_data_folder(root: Path, counted_as: str) -> SourceCount:
