@@ -48,6 +48,18 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["train", "--mode", "plain", "--target-epsilon", "1e-9"],
         ["compare", "--epsilons", "0", "--out", "{tmp}/o"],
     ],
+    "frcsyn": [
+        ["nope"],
+        ["check", "--subtask", "9.9", "--synthetic", NOPE],
+        ["check", "--subtask", "1.1", "--synthetic", "{tmp}"],
+        ["check", "--subtask", "1.1", "--synthetic", "{corrupt}"],
+        ["run", "--preset", "nope"],
+        ["run", "--preset", "toy", "--subtask", "2.1", "--train", NOPE],
+        ["eval", "--model", NOPE],
+        ["leakage", "--model", NOPE, "--synthetic", NOPE],
+        ["table", "--preset", "toy", "--datasets", "x"],
+        ["toydata", "{tmp}/o", "--identities", "0"],
+    ],
     "synth": [
         ["train", "--preset", "nope"],
         ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
