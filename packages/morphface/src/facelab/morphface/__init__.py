@@ -1,0 +1,1 @@
+"""MorphFace: 3DMM-guided identity-preserving face synthesis (filled in below)."""

@@ -1,0 +1,117 @@
+"""3DMM style parameters -> the renderings MorphFace conditions on.
+
+For a batch of :class:`~facelab.morphface.params.StyleParams`, the renderer builds the meshes
+(``MorphableModel.vertices``), poses and projects them (``geometry.project``), rasterizes them
+(``raster.rasterize``) and writes per pixel
+
+* ``normals``: unit surface normals in model-view space (the rotated model axes: x image right,
+  y up, z towards the camera), interpolated from vertex normals and renormalized;
+* ``albedo``: the interpolated per-vertex albedo in [0, 1];
+* ``shading``: Lambertian SH irradiance of the pixel normal under the image's light (27
+  coefficients, ``shading.shade``);
+* ``shaded``: ``albedo * shading`` (the Lambertian rendering);
+* ``mask``: 1 where the head covers the pixel centre.
+
+``maps(params)`` stacks normals, albedo and the Lambertian rendering into the (B, 9, H, W)
+conditioning input of the style encoder, in [-1, 1] with 0 on background (albedo and rendering
+as ``2 v - 1`` inside the mask). ``supersample`` k renders at k times the size and averages
+k x k blocks (anti-aliased edges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from facelab.core.errors import RangeError, ShapeError
+from facelab.morphface.geometry import project, vertex_normals
+from facelab.morphface.morphable import MorphableModel
+from facelab.morphface.params import StyleParams
+from facelab.morphface.raster import interpolate, rasterize
+from facelab.morphface.shading import shade
+
+MAP_CHANNELS = 9
+
+
+@dataclass
+class Rendering:
+    normals: torch.Tensor  # (B, 3, H, W)
+    albedo: torch.Tensor  # (B, 3, H, W)
+    shading: torch.Tensor  # (B, 3, H, W)
+    shaded: torch.Tensor  # (B, 3, H, W)
+    mask: torch.Tensor  # (B, 1, H, W) float
+
+
+class StyleRenderer:
+    """Render style parameters with a 3DMM (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: MorphableModel,
+        image_size: int = 32,
+        *,
+        perspective_distance: float | None = None,
+        supersample: int = 1,
+    ) -> None:
+        if image_size < 4:
+            raise RangeError(f"image_size: expected at least 4, got {image_size}")
+        if supersample < 1:
+            raise RangeError(f"supersample: expected an int >= 1, got {supersample}")
+        self.model = model
+        self.image_size = int(image_size)
+        self.perspective_distance = perspective_distance
+        self.supersample = int(supersample)
+
+    def to(self, device) -> StyleRenderer:
+        self.model = self.model.to(device)
+        return self
+
+    def _check(self, params: StyleParams) -> None:
+        m = self.model
+        for name, want in (
+            ("shape", m.num_shape),
+            ("expression", m.num_expression),
+            ("albedo", m.num_albedo),
+        ):
+            got = getattr(params, name).shape[1]
+            if got != want:
+                raise ShapeError(
+                    f"style {name}: the 3DMM {m.name or ''} has {want} {name} coefficients, "
+                    f"got {got}"
+                )
+
+    def render(self, params: StyleParams) -> Rendering:
+        self._check(params)
+        m = self.model
+        dev = m.mean_shape.device
+        params = params.to(dev, torch.float32)
+        size = self.image_size * self.supersample
+        verts = m.vertices(params.shape, params.expression)
+        screen, rotated = project(
+            verts, params.pose, params.camera, (size, size), self.perspective_distance
+        )
+        frags = rasterize(screen, m.faces, size, perspective=self.perspective_distance is not None)
+        normals = vertex_normals(rotated, m.faces)
+        albedo = m.albedo(params.albedo if m.num_albedo else None, batch=len(params))
+        attrs = torch.cat([normals, albedo], -1)
+        pix = interpolate(frags, attrs, m.faces)  # (B, H, W, 6)
+        mask = frags.mask.unsqueeze(-1).float()
+        n = F.normalize(pix[..., :3], dim=-1, eps=1e-12) * mask
+        a = pix[..., 3:6]
+        s = shade(n, params.light) * mask
+        out = [n, a, s, a * s, mask]
+        out = [t.permute(0, 3, 1, 2) for t in out]
+        if self.supersample > 1:
+            out = [F.avg_pool2d(t, self.supersample) for t in out]
+        return Rendering(*out)
+
+    def maps(self, params: StyleParams) -> torch.Tensor:
+        """(B, 9, H, W): normals, 2 * albedo - 1, 2 * rendering - 1 (0 on background)."""
+        r = self.render(params)
+        m = r.mask
+        return torch.cat([r.normals, (2 * r.albedo - m), (2 * r.shaded.clamp(0, 1) - m)], 1)
+
+
+__all__ = ["MAP_CHANNELS", "Rendering", "StyleRenderer"]
