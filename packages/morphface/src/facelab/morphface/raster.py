@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from facelab.core.errors import FacelabTypeError, RangeError, ShapeError
+from facelab.core.errors import FacelabTypeError, FormatError, RangeError, ShapeError
 
 #: candidates (triangle, pixel) evaluated together; bounds the memory of one pass (~60 B each)
 MAX_CANDIDATES = 1 << 22
@@ -60,7 +60,7 @@ def check_mesh(faces: torch.Tensor, num_vertices: int, name: str = "faces") -> t
     if not isinstance(faces, torch.Tensor):
         raise FacelabTypeError(f"{name}: expected an integer tensor (F, 3), got {type(faces)}")
     if faces.is_floating_point() or faces.dtype == torch.bool:
-        raise FacelabTypeError(f"{name}: expected integer vertex indices, got {faces.dtype}")
+        raise FormatError(f"{name}: expected integer vertex indices, got {faces.dtype}")
     if faces.dim() != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
         raise ShapeError(f"{name}: expected (F, 3) triangles with F >= 1, got {tuple(faces.shape)}")
     lo, hi = int(faces.min()), int(faces.max())

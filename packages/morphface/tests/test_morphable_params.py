@@ -1,0 +1,205 @@
+"""The 3DMM interface, style parameter files and their bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from facelab.core.errors import FacelabError, FormatError, NonFiniteError, RangeError, ShapeError
+from facelab.morphface.geometry import axis_angle_to_matrix, euler_to_matrix
+from facelab.morphface.morphable import MorphableModel
+from facelab.morphface.params import StyleLayout, StyleParams, load_params
+
+
+def tiny_model(nv=5, ks=3, ke=2, ka=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        mean_shape=torch.randn(nv, 3, generator=g),
+        shape_basis=torch.randn(nv, 3, ks, generator=g),
+        expression_basis=torch.randn(nv, 3, ke, generator=g),
+        faces=torch.tensor([[0, 1, 2], [1, 3, 2], [2, 3, 4]]),
+        albedo_mean=torch.rand(nv, 3, generator=g),
+        albedo_basis=0.1 * torch.randn(nv, 3, ka, generator=g),
+        landmarks=torch.tensor([0, 4]),
+    )
+
+
+def test_vertices_and_albedo_are_the_linear_model():
+    arrays = tiny_model()
+    m = MorphableModel(**arrays)
+    s, e, a = torch.randn(4, 3), torch.randn(4, 2), torch.randn(4, 1)
+    want = (
+        arrays["mean_shape"].numpy()[None]
+        + np.einsum("vck,bk->bvc", arrays["shape_basis"].numpy(), s.numpy())
+        + np.einsum("vck,bk->bvc", arrays["expression_basis"].numpy(), e.numpy())
+    )
+    np.testing.assert_allclose(m.vertices(s, e).numpy(), want, atol=1e-5)
+    alb = arrays["albedo_mean"].numpy()[None] + np.einsum(
+        "vck,bk->bvc", arrays["albedo_basis"].numpy(), a.numpy()
+    )
+    np.testing.assert_allclose(m.albedo(a).numpy(), np.clip(alb, 0, 1), atol=1e-6)
+    # the flat (3V, K) layout of BFM / FLAME files is accepted
+    flat = dict(arrays, shape_basis=arrays["shape_basis"].reshape(15, 3))
+    torch.testing.assert_close(MorphableModel(**flat).vertices(s, e), m.vertices(s, e))
+
+
+def test_save_load_roundtrip_safetensors_and_npz(tmp_path):
+    m = MorphableModel(**tiny_model(), name="tiny")
+    back = MorphableModel.load(m.save(tmp_path / "m.safetensors"))
+    npz = tmp_path / "m.npz"
+    np.savez(npz, **{k: v.numpy() for k, v in tiny_model().items()})
+    for other in (back, MorphableModel.load(npz)):
+        for k, v in m.tensors().items():
+            torch.testing.assert_close(other.tensors()[k], v)
+
+
+def test_procedural_head_is_a_closed_outward_mesh(head):
+    v, f = head.mean_shape.double(), head.faces
+    tri = v[f]
+    # a closed, consistently oriented surface has positive signed volume and every edge twice
+    vol = (tri[:, 0] * torch.linalg.cross(tri[:, 1], tri[:, 2], dim=-1)).sum() / 6
+    assert vol > 0
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    directed = set(map(tuple, edges.tolist()))
+    assert len(directed) == edges.shape[0]  # no directed edge repeats
+    assert all((b, a) in directed for a, b in directed)  # each has its twin
+    # bases move the surface (smile lifts the mouth corners: y up)
+    assert head.num_shape == 10 and head.num_expression == 4
+    lm = head.landmarks
+    e = torch.zeros(1, 4)
+    e[0, 0] = 1.0
+    lift = head.vertices(None, e)[0, lm[3:5], 1] - head.mean_shape[lm[3:5], 1]
+    assert (lift > 0).all()
+
+
+@pytest.mark.parametrize(
+    "change, err, match",
+    [
+        ({"shape_basis": torch.randn(4, 3, 3)}, ShapeError, "shape_basis"),
+        ({"expression_basis": torch.randn(5, 2, 2)}, ShapeError, "expression_basis"),
+        ({"faces": torch.tensor([[0, 1, 5]])}, RangeError, r"\[0, 5\)"),
+        ({"faces": torch.tensor([[0, -1, 2]])}, RangeError, "indices"),
+        ({"landmarks": torch.tensor([9])}, RangeError, "landmarks"),
+        ({"mean_shape": torch.full((5, 3), float("nan"))}, NonFiniteError, "mean_shape"),
+    ],
+)
+def test_bad_3dmm(change, err, match):
+    with pytest.raises(err, match=match):
+        MorphableModel(**(tiny_model() | change))
+
+
+def test_bad_3dmm_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mean_shape=np.zeros((5, 3)), faces=np.zeros((1, 3), dtype=np.int64))
+    with pytest.raises(FormatError, match="missing"):
+        MorphableModel.load(bad)
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, mean_shape=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(FormatError):  # pickled objects are refused, never executed
+        MorphableModel.load(obj)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a file")
+    with pytest.raises(FormatError):
+        MorphableModel.load(junk)
+
+
+def random_params(n=6, layout=None, seed=0):
+    layout = layout or StyleLayout(3, 2, 1)
+    g = torch.Generator().manual_seed(seed)
+    return StyleParams(
+        shape=torch.randn(n, layout.num_shape, generator=g),
+        expression=torch.randn(n, layout.num_expression, generator=g),
+        pose=0.3 * torch.randn(n, 3, generator=g),
+        camera=torch.rand(n, 3, generator=g),
+        light=torch.randn(n, 27, generator=g),
+        albedo=torch.randn(n, layout.num_albedo, generator=g),
+    )
+
+
+def test_params_vector_roundtrip_and_file(tmp_path):
+    p = random_params()
+    vec = p.to_vector()
+    assert vec.shape == (6, p.layout.dim) and p.layout.dim == 3 + 2 + 3 + 3 + 27 + 1
+    back = p.layout.split(vec)
+    torch.testing.assert_close(back.to_vector(), vec)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    q, lab, info = load_params(p.save(tmp_path / "p.safetensors", labels))
+    torch.testing.assert_close(q.to_vector(), vec)
+    assert torch.equal(lab, labels) and info["pose_convention"] == "euler"
+
+
+def test_deca_style_npz_with_axis_angle_pose(tmp_path):
+    p = random_params()
+    aa = 0.4 * torch.randn(6, 3, dtype=torch.float64)
+    jaw = torch.randn(6, 3)
+    f = tmp_path / "deca.npz"
+    np.savez(
+        f,
+        shape=p.shape.numpy(),
+        exp=p.expression.numpy(),
+        cam=p.camera.numpy(),
+        pose=torch.cat([aa.float(), jaw], 1).numpy(),
+        tex=p.albedo.numpy(),
+        pose_convention=np.array("axis-angle"),
+    )
+    q, lab, _info = load_params(f)
+    assert lab is None
+    torch.testing.assert_close(q.expression, p.expression)
+    torch.testing.assert_close(q.albedo, p.albedo)
+    # the Euler angles give back the same rotation as the rotation vectors
+    torch.testing.assert_close(
+        euler_to_matrix(q.pose.double()), axis_angle_to_matrix(aa), atol=1e-5, rtol=0
+    )
+    # 3DDFA's 3 x 4 camera matrix with a scale
+    m = torch.cat([2.5 * euler_to_matrix(p.pose.double()), torch.randn(6, 3, 1).double()], 2)
+    g = tmp_path / "3ddfa.npz"
+    np.savez(
+        g,
+        shape=p.shape.numpy(),
+        expression=p.expression.numpy(),
+        camera=p.camera.numpy(),
+        pose=m.reshape(6, 12).numpy(),
+        pose_convention=np.array("matrix"),
+    )
+    r, _, _ = load_params(g)
+    torch.testing.assert_close(r.pose, p.pose, atol=1e-5, rtol=0)
+
+
+def test_bad_params(tmp_path):
+    p = random_params()
+    with pytest.raises(NonFiniteError, match="pose"):
+        StyleParams(**(vars(p) | {"pose": torch.full((6, 3), float("nan"))}))
+    with pytest.raises(ShapeError, match="27"):
+        StyleParams(**(vars(p) | {"light": torch.zeros(6, 20)}))
+    with pytest.raises(ShapeError, match="rows"):
+        StyleParams(**(vars(p) | {"camera": torch.zeros(5, 3)}))
+    f = tmp_path / "nan.npz"
+    np.savez(
+        f,
+        shape=np.full((2, 3), np.nan),
+        expression=np.zeros((2, 2)),
+        pose=np.zeros((2, 3)),
+        camera=np.zeros((2, 3)),
+    )
+    with pytest.raises(NonFiniteError):
+        load_params(f)
+    f2 = tmp_path / "conv.npz"
+    np.savez(
+        f2,
+        shape=np.zeros((2, 3)),
+        expression=np.zeros((2, 2)),
+        pose=np.zeros((2, 3)),
+        camera=np.zeros((2, 3)),
+        pose_convention=np.array("quaternion"),
+    )
+    with pytest.raises(FacelabError, match="pose_convention"):
+        load_params(f2)
+    f3 = tmp_path / "rows.npz"
+    np.savez(
+        f3,
+        shape=np.zeros((2, 3)),
+        expression=np.zeros((3, 2)),
+        pose=np.zeros((2, 3)),
+        camera=np.zeros((2, 3)),
+    )
+    with pytest.raises(ShapeError, match="rows"):
+        load_params(f3)
