@@ -159,3 +159,72 @@ def test_flip_maps_mirrors_the_pose(head):
     # the mirrored rendering matches the mirrored pose up to edge pixels (the mesh's diagonals
     # are not mirror-symmetric); the unflipped one does not
     assert (a - b).abs().mean() < 0.25 * (c - b).abs().mean()
+
+
+def test_cli_end_to_end_and_bad_input(trained, tmp_path, capsys):
+    from facelab.morphface.cli import main
+
+    out, _ = trained
+    prior = tmp_path / "prior.safetensors"
+    assert (
+        main(
+            [
+                "fit-prior",
+                "--out",
+                str(prior),
+                "--toy-identities",
+                "6",
+                "--toy-images-per-identity",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--generator",
+                str(out),
+                "--out",
+                str(tmp_path / "ds"),
+                "--prior",
+                str(prior),
+                "--identities",
+                "3",
+                "--images-per-identity",
+                "3",
+                "--image-size",
+                "16",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert main(["eval", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 <= m["yaw_icc"] <= 1.0 and m["yaw_within_var"] > 0
+    with pytest.raises(FacelabError, match=r"meta\.json"):
+        main(["eval", "--dataset", str(tmp_path)])
+    with pytest.raises(FacelabError, match="StylePrior"):
+        main(
+            [
+                "sample",
+                "--generator",
+                str(out),
+                "--out",
+                str(tmp_path / "d2"),
+                "--identities",
+                "2",
+                "--images-per-identity",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+    assert main(["nope"]) == 2

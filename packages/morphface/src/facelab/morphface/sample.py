@@ -191,7 +191,12 @@ class MorphFaceSampler:
             out = self.sample(ctx, st, seeds=seeds)
             vec = st.to_vector()
             meta = [
-                {"style": [round(float(v), 6) for v in vec[k].tolist()]} for k in range(len(seeds))
+                {
+                    "style": [round(float(v), 6) for v in vec[k].tolist()],
+                    "pose": [round(float(v), 6) for v in st.pose[k].tolist()],
+                    "expression": [round(float(v), 6) for v in st.expression[k].tolist()],
+                }
+                for k in range(len(seeds))
             ]
             return out.images, meta
 

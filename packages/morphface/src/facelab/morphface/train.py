@@ -47,6 +47,7 @@ from facelab.core.diffusion.train import (
     SynthDataConfig,
 )
 from facelab.core.errors import FormatError, RangeError, ShapeError
+from facelab.core.train import TrainConfig
 from facelab.morphface.toy import ToyStyleConfig
 
 GENERATOR_FILE = "morphface.json"
@@ -91,9 +92,7 @@ class GuidanceConfig:
     num_steps: int = 50
 
 
-def _paper_train() -> Any:
-    from facelab.core.train import TrainConfig
-
+def _paper_train() -> TrainConfig:
     return TrainConfig(
         output_dir="runs/morphface",
         max_steps=900_000,
@@ -136,7 +135,7 @@ class MorphFaceConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     ema: EMAConfig = field(default_factory=EMAConfig)
-    train: Any = field(default_factory=_paper_train)
+    train: TrainConfig = field(default_factory=_paper_train)
     resume: str | None = "latest"
 
 
@@ -153,8 +152,6 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
     UNet 96 x [1, 2, 2, 2], Adam 1e-4, cosine warm restarts, fp16, EMA) plus the style encoder
     on 64 px renderings of a user 3DMM and per-image DECA-style parameters; ``toy``: 32 px
     styled toyfaces with the procedural 3DMM in pixel space, minutes-to-an-hour on a CPU."""
-    from facelab.core.train import TrainConfig
-
     paper = MorphFaceConfig(
         data=SynthDataConfig(source="", image_size=128, contexts="file"),
         style=StyleDataConfig(model="", params=""),
