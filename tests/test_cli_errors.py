@@ -66,6 +66,14 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["sample", "--generator", "{tmp}", "--out", "{tmp}/o", "--steps", "0"],
         ["eval", "--dataset", NOPE, "--recognizer", NOPE],
     ],
+    "morphface": [
+        ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", NOPE],
+        ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", "{corrupt}"],
+        ["fit-prior", "--out", "{tmp}/p.safetensors", "--toy-identities", "1"],
+        ["train", "--preset", "nope"],
+        ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
+        ["eval", "--dataset", "{tmp}"],
+    ],
 }
 
 #: commands that read no user input
