@@ -228,3 +228,22 @@ def test_cli_end_to_end_and_bad_input(trained, tmp_path, capsys):
             ]
         )
     assert main(["nope"]) == 2
+
+
+def test_style_control_measurement_runs(trained):
+    from facelab.morphface.bench import style_control
+    from facelab.morphface.toy import REGRESSED
+
+    out, _ = trained
+    r = style_control(
+        str(out),
+        identities=3,
+        images_per_identity=4,
+        image_size=16,
+        num_requests=4,
+        regressor_steps=5,
+        num_steps=2,
+    )
+    for part in ("generated", "no_style", "real"):
+        assert set(r[part]) == {f"{n}_{k}" for n in REGRESSED for k in ("corr", "mae")}
+        assert all(v == v for v in r[part].values())  # no NaN

@@ -12,8 +12,8 @@ camera (FLAME and BFM use the same axes).
 
 Files: ``save`` writes safetensors (these tensor names plus ``metadata["format"] =
 "facelab.morphface.3dmm"``); ``load`` reads such a file or an ``.npz`` with the same array names
-(``allow_pickle=False``: nothing in it is executed). Public model formats (FLAME ``.pkl``, BFM /
-Deep3DFaceRecon ``.mat``) are converted by :mod:`facelab.morphface.converters`.
+(``allow_pickle=False``: nothing in it is executed). Converters from public model formats
+(FLAME ``.pkl``, BFM ``.mat``) are not written yet: export their arrays to such an ``.npz``.
 """
 
 from __future__ import annotations
