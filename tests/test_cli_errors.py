@@ -67,6 +67,7 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["eval", "--dataset", NOPE, "--recognizer", NOPE],
     ],
     "morphface": [
+        ["convert", "--bfm", "{corrupt}", "--out", "{tmp}/m.safetensors"],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", NOPE],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", "{corrupt}"],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--toy-identities", "1"],

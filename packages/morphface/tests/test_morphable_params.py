@@ -203,3 +203,40 @@ def test_bad_params(tmp_path):
     )
     with pytest.raises(ShapeError, match="rows"):
         load_params(f3)
+
+
+def test_bfm_mat_converter(tmp_path):
+    from scipy.io import savemat
+
+    from facelab.morphface.converters import bfm_from_mat
+
+    a = tiny_model()
+    nv = 5
+    # the Deep3DFaceRecon layout: flat (3V,) xyz-interleaved arrays, 1-based indices, 0..255 tex
+    flat = {
+        "meanshape": a["mean_shape"].numpy().reshape(1, -1),
+        "idBase": a["shape_basis"].numpy().reshape(nv * 3, -1),
+        "exBase": a["expression_basis"].numpy().reshape(nv * 3, -1),
+        "meantex": 255 * a["albedo_mean"].numpy().reshape(1, -1),
+        "texBase": 255 * a["albedo_basis"].numpy().reshape(nv * 3, -1),
+        "tri": a["faces"].numpy() + 1,
+        "keypoints": (a["landmarks"].numpy() + 1).reshape(1, -1),
+    }
+    savemat(tmp_path / "bfm.mat", flat)
+    raw = bfm_from_mat(tmp_path / "bfm.mat", normalize=False)
+    ref = MorphableModel(**a)
+    s, e = torch.randn(2, 3), torch.randn(2, 2)
+    torch.testing.assert_close(raw.vertices(s, e), ref.vertices(s, e))
+    torch.testing.assert_close(raw.albedo_mean, ref.albedo_mean)
+    assert torch.equal(raw.landmarks, ref.landmarks)
+    # faces: the same triangles, oriented so their normals sum towards +z
+    assert {frozenset(t) for t in raw.faces.tolist()} == {frozenset(t) for t in a["faces"].tolist()}
+    tri = raw.mean_shape[raw.faces]
+    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    assert n[:, 2].sum() > 0
+    norm = bfm_from_mat(tmp_path / "bfm.mat")
+    ys = norm.mean_shape[:, 1]
+    assert float(ys.max() - ys.min()) == pytest.approx(2.0)
+    savemat(tmp_path / "bad.mat", {"meanshape": flat["meanshape"]})
+    with pytest.raises(FormatError, match="missing BFM"):
+        bfm_from_mat(tmp_path / "bad.mat")

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-USAGE = """usage: facelab morphface {fit-prior,train,sample,eval} [flags]
+USAGE = """usage: facelab morphface {convert,fit-prior,train,sample,eval} [flags]
 
+  convert    a Deep3DFaceRecon BFM .mat -> a 3DMM file (--style.model of `train`)
   fit-prior  fit the subject-specific style prior on per-image 3DMM parameters (--params FILE)
              or on styled toyfaces (--toy-identities N)
   train      train the ID + style conditioned generator (--preset toy|paper, every recipe field
@@ -21,6 +22,31 @@ USAGE = """usage: facelab morphface {fit-prior,train,sample,eval} [flags]
              base's identity metrics)
 
 run `facelab morphface <command> --help` for the flags of one command."""
+
+
+@dataclass
+class ConvertArgs:
+    """Convert a public 3DMM file into ours (safetensors)."""
+
+    bfm: str
+    """a BFM_model_front.mat (Deep3DFaceRecon layout)"""
+    out: str
+    """where to write the 3DMM (.safetensors)"""
+    normalize: bool = True
+    """centre the head and scale its vertical half extent to 1 (the camera's unit)"""
+
+
+def convert_command(args: ConvertArgs):
+    from facelab.morphface.converters import bfm_from_mat
+
+    model = bfm_from_mat(args.bfm, normalize=args.normalize)
+    path = model.save(args.out)
+    print(
+        f"3DMM {model.name}: {model.num_vertices} vertices, {model.num_faces} faces, "
+        f"{model.num_shape} shape / {model.num_expression} expression / {model.num_albedo} "
+        f"albedo modes -> {path}"
+    )
+    return model
 
 
 @dataclass
@@ -262,7 +288,9 @@ def main(argv: Sequence[str] = ()) -> int:
         print(USAGE)
         return 0
     sub, rest = args[0], args[1:]
-    if sub == "fit-prior":
+    if sub == "convert":
+        convert_command(tyro.cli(ConvertArgs, args=rest, prog="facelab morphface convert"))
+    elif sub == "fit-prior":
         fit_prior_command(tyro.cli(FitPriorArgs, args=rest, prog="facelab morphface fit-prior"))
     elif sub == "train":
         train_command(rest)
@@ -272,8 +300,8 @@ def main(argv: Sequence[str] = ()) -> int:
         eval_command(tyro.cli(EvalArgs, args=rest, prog="facelab morphface eval"))
     else:
         print(
-            f"facelab morphface: error: unknown command {sub!r}; expected fit-prior, train, "
-            "sample or eval",
+            f"facelab morphface: error: unknown command {sub!r}; expected convert, fit-prior, "
+            "train, sample or eval",
             file=sys.stderr,
         )
         return 2

@@ -12,8 +12,8 @@ camera (FLAME and BFM use the same axes).
 
 Files: ``save`` writes safetensors (these tensor names plus ``metadata["format"] =
 "facelab.morphface.3dmm"``); ``load`` reads such a file or an ``.npz`` with the same array names
-(``allow_pickle=False``: nothing in it is executed). Converters from public model formats
-(FLAME ``.pkl``, BFM ``.mat``) are not written yet: export their arrays to such an ``.npz``.
+(``allow_pickle=False``: nothing in it is executed). :mod:`facelab.morphface.converters` reads
+the Deep3DFaceRecon BFM ``.mat``; FLAME's ``.pkl`` is not read (export its arrays to ``.npz``).
 """
 
 from __future__ import annotations
