@@ -247,3 +247,35 @@ def test_style_control_measurement_runs(trained):
     for part in ("generated", "no_style", "real"):
         assert set(r[part]) == {f"{n}_{k}" for n in REGRESSED for k in ("corr", "mae")}
         assert all(v == v for v in r[part].values())  # no NaN
+
+
+def test_real_data_path_matches_rows_by_image_name(tmp_path):
+    """Identity folders + a parameter file whose rows are named (and shuffled): the rows are
+    matched to the images by relative path; a missing image row is an error."""
+    from PIL import Image
+
+    from facelab.core.data import ToyFaces
+    from facelab.morphface.procedural import procedural_3dmm
+    from facelab.morphface.toy import toy_style_params
+    from facelab.morphface.train import StyledImages
+
+    toy = ToyFaces(2, 2, size=32, seed=0)
+    u8 = toy.materialize(torch.uint8)
+    names = []
+    for i in range(4):
+        rel = f"id{int(toy.labels[i])}/{i}.png"
+        (tmp_path / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(u8[i].permute(1, 2, 0).numpy()).save(tmp_path / "data" / rel)
+        names.append(rel)
+    params = toy_style_params(toy)
+    order = torch.tensor([2, 0, 3, 1])
+    params.index(order).save(tmp_path / "p.safetensors", images=[names[i] for i in order])
+    cfg = tiny_cfg(tmp_path / "run")
+    cfg.data.source = str(tmp_path / "data")
+    cfg.style.params = str(tmp_path / "p.safetensors")
+    data = StyledImages(cfg, procedural_3dmm(rings=8, segments=12))
+    torch.testing.assert_close(data.styles, params.to_vector())
+    params.index(torch.tensor([0, 1, 2])).save(tmp_path / "q.safetensors", images=names[:3])
+    cfg.style.params = str(tmp_path / "q.safetensors")
+    with pytest.raises(FacelabError, match="no parameter row"):
+        StyledImages(cfg, procedural_3dmm(rings=8, segments=12))

@@ -102,8 +102,14 @@ class StyleParams:
             **{f.name: torch.cat([getattr(p, f.name) for p in items]) for f in fields(StyleParams)}
         )
 
-    def save(self, path: str | os.PathLike, labels: torch.Tensor | None = None) -> Path:
-        """Write a parameter file (safetensors, pose convention "euler")."""
+    def save(
+        self,
+        path: str | os.PathLike,
+        labels: torch.Tensor | None = None,
+        images: list[str] | None = None,
+    ) -> Path:
+        """Write a parameter file (safetensors, pose convention "euler"; ``images``: the
+        relative image path of every row)."""
         from safetensors.torch import save_file
 
         p = Path(path)
@@ -112,7 +118,12 @@ class StyleParams:
         if labels is not None:
             tensors["labels"] = labels.long().contiguous()
         tmp = p.with_name(f".{p.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "pose_convention": "euler"})
+        meta = {"format": FORMAT, "pose_convention": "euler"}
+        if images is not None:
+            if len(images) != len(self):
+                raise ShapeError(f"images: expected {len(self)} names, got {len(images)}")
+            meta["images"] = json.dumps([str(n) for n in images])
+        save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, p)
         return p
 

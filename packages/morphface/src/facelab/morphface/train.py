@@ -240,12 +240,14 @@ class StyledImages(Dataset):
                 ds = IdentityFolderDataset(src)
                 self.paths = [p for p, _ in ds.samples]
                 self.labels = ds.labels.clone()
+                rel_paths = list(ds.relative_paths)
             elif src.is_file():
                 lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip()]
                 if not lines:
                     raise FormatError(f"{src}: empty image list")
                 self.paths = [src.parent / ln for ln in lines]
                 self.labels = torch.zeros(len(lines), dtype=torch.long)
+                rel_paths = lines
             else:
                 raise FileNotFoundError(
                     f"data.source: expected 'toyfaces', an identity-folder root or an image-list "
@@ -256,7 +258,11 @@ class StyledImages(Dataset):
                     "style.params: real data needs a per-image 3DMM parameter file (see the README)"
                 )
             if cfg.use_style:
-                params, _, _ = load_params(cfg.style.params)
+                params, _, info = load_params(cfg.style.params)
+                names = info.get("images")
+                if names is not None:
+                    # rows named by image path (relative to the data source): reorder them
+                    params = params.index(_match_rows(names, rel_paths, cfg.style.params))
                 if len(params) != len(self.labels):
                     raise ShapeError(
                         f"style.params: expected one parameter row per training image "
@@ -311,6 +317,24 @@ class StyledImages(Dataset):
             img = img.flip(-1)
         payload = self.vectors[i] if self.vectors is not None else self.labels[i]
         return img, payload, self.styles[i], torch.tensor(flip)
+
+
+def _match_rows(names: list[str], rel_paths: list[str], source: str) -> torch.Tensor:
+    """Row of the parameter file for each training image (by relative path)."""
+    index = {n.replace("\\", "/").removeprefix("./"): i for i, n in enumerate(names)}
+    rows, missing = [], []
+    for rp in rel_paths:
+        i = index.get(rp.replace("\\", "/").removeprefix("./"))
+        if i is None:
+            missing.append(rp)
+        else:
+            rows.append(i)
+    if missing:
+        raise FormatError(
+            f"style.params {source}: no parameter row for {len(missing)} training image(s), "
+            f"e.g. {missing[:3]} (its 'images' list names the rows by relative path)"
+        )
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def _resize_u8(u8: torch.Tensor, size: int) -> torch.Tensor:
