@@ -60,14 +60,10 @@ def test_training_step_updates_encoder_and_saves(trained):
     out, res = trained
     assert res.train.step == 4
     assert torch.isfinite(torch.tensor(res.train.losses["loss"]))
-    fresh = torch.nn.Module()
-    from facelab.morphface.train import build_encoder
-
-    torch.manual_seed(0)
-    fresh = build_encoder(tiny_cfg(out), 32)
-    # the style encoder was trained (and EMA-averaged): its weights moved from the init
-    moved = sum((a - b).abs().sum() for a, b in zip(res.encoder.parameters(), fresh.parameters()))
-    assert moved > 0
+    # the style encoder was trained through the denoiser's loss: its position embedding starts
+    # at exactly 0 and moves only if gradients reach the encoder (EMA copy included)
+    assert res.encoder.position.abs().max() > 0
+    assert torch.isfinite(res.encoder.position).all()
     for name in ("denoiser", "style_encoder", "3dmm.safetensors", "morphface.json"):
         assert (out / "generator" / name).exists()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
