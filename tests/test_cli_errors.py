@@ -59,6 +59,23 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["leakage", "--model", NOPE, "--synthetic", NOPE],
         ["table", "--preset", "toy", "--datasets", "x"],
         ["toydata", "{tmp}/o", "--identities", "0"],
+    "uiface": [
+        ["train", "--preset", "nope"],
+        ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
+        [
+            "sample",
+            "--checkpoint",
+            "{corrupt}",
+            "--encoder",
+            "{corrupt}",
+            "--decoder",
+            "{corrupt}",
+            "--out",
+            "{tmp}/o",
+        ],
+        ["sample", "--generator", "{tmp}", "--out", "{tmp}/o"],
+        ["eval", "--dataset", NOPE, "--out", "{tmp}/r"],
+        ["eval", "--out", "{tmp}/r"],
     ],
     "synth": [
         ["train", "--preset", "nope"],
