@@ -35,7 +35,7 @@ def tiny_unet(seed: int = 0, **over) -> ConditionalUNet:
         torch.manual_seed(seed)
         model = ConditionalUNet(**{**TINY, **over})
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if float(p.abs().max()) == 0.0 and p.dim() > 1:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
     return model.eval()
@@ -47,7 +47,7 @@ def tiny_unet(seed: int = 0, **over) -> ConditionalUNet:
 
 def _bilinear_half_pixel(a: np.ndarray, size: int) -> np.ndarray:
     """(B, h, w) -> (B, size, size), bilinear with half-pixel centres (align_corners=False)."""
-    b, h, w = a.shape
+    _, h, w = a.shape
 
     def axis(n_in: int):
         src = (np.arange(size) + 0.5) * n_in / size - 0.5
@@ -65,7 +65,7 @@ def _bilinear_half_pixel(a: np.ndarray, size: int) -> np.ndarray:
 
 def numpy_layer_map(logits: np.ndarray, size: int) -> np.ndarray:
     b, _, lq, _ = logits.shape
-    side = int(math.isqrt(lq))
+    side = math.isqrt(lq)
     z = logits - logits.max(axis=2, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(axis=2, keepdims=True)  # softmax over queries
     m = p.mean(axis=3).mean(axis=1)  # (B, Lq)

@@ -123,7 +123,7 @@ def test_eval_dataset_reports_switch_statistics(generator, tmp_path, capsys):
         capsys,
     )
     assert rc == 0, err
-    rc, text, err = _run(["eval", "--dataset", str(out), "--out", str(tmp_path / "r")], capsys)
+    rc, _, err = _run(["eval", "--dataset", str(out), "--out", str(tmp_path / "r")], capsys)
     assert rc == 0, err
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["histogram"] == {"0": 6}  # single-stage: the identity context from step 0
