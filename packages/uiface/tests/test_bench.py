@@ -41,7 +41,7 @@ def test_aggregate_matches_numpy_and_reports_the_gain():
     assert res["claim"]["fr_gain"]["values"] == pytest.approx(gain)
     assert res["claim"]["holds_every_seed"] == all(g > 0 for g in gain)
     md = markdown(res)
-    assert md.count("\n| ") == 3 and "FR gain uiface - single-stage" in md
+    assert md.count("\n| ") == 2 and "FR gain uiface - single-stage" in md
     rows = quality_rows(res)
     assert [r["variant"] for r in rows] == ["single-stage", "uiface"]
     assert rows[1]["fr_accuracy_mean"] == pytest.approx(

@@ -107,6 +107,9 @@ class EvalArgs:
     train_fr: bool = True
     """train the core ArcFace toy recipe on each dataset; accuracy on held-out real toyfaces"""
     fr_epochs: int = 12
+    seeds: tuple[int, ...] = ()
+    """with --generator: run the ablation once per seed (sampling and FR seed) and report mean,
+    std and the per-seed FR gain of uiface over single-stage (claim.md / claim.json)"""
     preset: Literal["paper", "toy"] = "toy"
     step_th: int | None = None
     mse_th: float | None = None
@@ -239,6 +242,24 @@ def _eval_ablation(args: EvalArgs, out: Path) -> int:
         raise FacelabError(
             f"generator: expected a toy generator of {data.image_size} px, got {base.image_size} px"
         )
+    if args.seeds:
+        from facelab.uiface.bench import fr_claim, markdown
+
+        res = fr_claim(
+            args.generator,
+            out,
+            seeds=args.seeds,
+            variants=args.variants,
+            images_per_identity=args.images_per_identity,
+            steps=args.steps,
+            fr_epochs=args.fr_epochs,
+            sampling=cfg,
+            train_fr=args.train_fr,
+            progress=args.progress,
+        )
+        print(markdown(res))
+        print(f"report: {out / 'claim.md'}")
+        return 0
     setup = toy_setup(data, seed=args.seed)
     abl = AblationConfig(
         variants=tuple(args.variants),
