@@ -93,11 +93,11 @@ class OcularConfig:
     iris_radius_mm: float = 6.0
     texture_contrast: float = 0.12
     # probabilities of the rare, strong nuisances (per capture or per eye)
-    p_blink: float = 0.12
-    p_heavy_lashes: float = 0.12
-    p_dilation: float = 0.10
+    p_blink: float = 0.10
+    p_heavy_lashes: float = 0.10
+    p_dilation: float = 0.08
     p_glare: float = 0.08
-    p_motion: float = 0.12
+    p_motion: float = 0.10
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < MIN_SIZE:
@@ -443,10 +443,10 @@ def sample_params(
     # specular reflections: a ring of 6 LED glints, occasional large glare
     glint_r = _lerp(us[:, 10], 0.45, 0.6)  # ring radius / iris radius (px)
     glint_rot = 2 * math.pi * us[:, 11] + 0.15 * (2 * ui[:, 5] - 1)
-    glint_sigma = _lerp(ui[:, 6], 0.7, 1.1)
+    glint_sigma = _lerp(ui[:, 6], 0.7, 1.1) * s / 128
     glint_amp = _lerp(ui[:, 7], 0.9, 1.4)
     glare = ui[:, 8] < cfg.p_glare
-    glare_sigma = np.where(glare, _lerp(ui[:, 9], 3.0, 6.0), 1.0)
+    glare_sigma = np.where(glare, _lerp(ui[:, 9], 4.0, 8.0), 1.0) * s / 128
     glare_amp = np.where(glare, _lerp(ui[:, 10], 0.8, 1.3), 0.0)
     glare_dx = _lerp(ui[:, 11], -0.6, 0.6)  # in iris radii from the iris centre
     glare_dy = _lerp(ui[:, 12], -0.6, 0.6)

@@ -67,7 +67,7 @@ class QualityThresholds:
     eyelash: float = 0.08  # fraction of the annulus under lashes
     dilation_low: float = 0.25  # pupil / iris radius below this ...
     dilation_high: float = 0.55  # ... or above this
-    specular: float = 0.05  # fraction of the annulus under glints / glare
+    specular: float = 0.04  # fraction of the annulus under glints / glare
     blur: float = 2.5  # motion-blur length in pixels (at 128 px images; scaled with size)
     normal_levels: tuple[int, int] = (3, 7)  # display brightness levels counted as normal
     extreme_levels: tuple[int, ...] = (0, 1, 9, 10)
