@@ -59,6 +59,14 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["leakage", "--model", NOPE, "--synthetic", NOPE],
         ["table", "--preset", "toy", "--datasets", "x"],
         ["toydata", "{tmp}/o", "--identities", "0"],
+    "immeriris": [
+        ["generate", "--out", "{tmp}/g", "--size", "16"],
+        ["train", "--preset", "nope"],
+        ["train", "--preset", "toy", "--data.num-subjects", "1"],
+        ["eval", "--normfree", NOPE, "--out", "{tmp}/e"],
+        ["eval", "--normkeep", "{corrupt}", "--out", "{tmp}/e"],
+        ["eval", "--no-classical", "--out", "{tmp}/e"],
+        ["eval", "--subjects", "1", "--out", "{tmp}/e"],
     ],
     "uiface": [
         ["train", "--preset", "nope"],

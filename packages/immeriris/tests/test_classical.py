@@ -91,7 +91,12 @@ def test_encoder_bits_and_fragile_rule():
     (z1, m1r, _), _ = enc.responses(strip, mask)
     assert torch.equal(t.codes[..., 0], z1.real > 0) and torch.equal(t.codes[..., 1], z1.imag > 0)
     r, phi = z1.abs(), torch.angle(z1)
-    want = (r >= 1e-4) & (r <= 0.275) & (torch.sin(phi).abs() <= math.cos(0.08726646259971647)) & (m1r >= 0.93)
+    want = (
+        (r >= 1e-4)
+        & (r <= 0.275)
+        & (torch.sin(phi).abs() <= math.cos(0.08726646259971647))
+        & (m1r >= 0.93)
+    )
     assert torch.equal(t.masks[..., 0], want)
     # the masked sector loses its bits (columns 0..49 of the code cover strip columns 0..99)
     assert not bool(t.masks[1, :, 5:45].any()) and bool(t.masks[1, :, 80:].any())
@@ -129,7 +134,12 @@ def test_rubber_sheet_geometry_and_rotation():
     enc = IrisEncoder()
     t0, t1 = enc.encode(st0.image, st0.mask), enc.encode(st1.image, st1.mask)
     d, shift = hamming_distance(
-        torch.roll(t1.codes, 64, dims=2), torch.roll(t1.masks, 64, dims=2), t0.codes, t0.masks, max_shift=8, return_shift=True
+        torch.roll(t1.codes, 64, dims=2),
+        torch.roll(t1.masks, 64, dims=2),
+        t0.codes,
+        t0.masks,
+        max_shift=8,
+        return_shift=True,
     )
     assert float(d) < 0.1 and abs(int(shift)) <= 1
     with pytest.raises(ShapeError):
@@ -138,36 +148,62 @@ def test_rubber_sheet_geometry_and_rotation():
         rubber_sheet(b.images, seg.pupil[:, :4], seg.iris)
 
 
-def _frontal_clean(num_subjects, seed, size=96):
-    ds = OcularDataset(num_subjects, OcularConfig(size=size, repeats=1), seed=seed, subject_offset=1000)
+def _first_of_each(labels):
+    """Mask of the first occurrence of every label (labels need not be grouped)."""
+    order = torch.argsort(labels, stable=True)
+    ls = labels[order]
+    head = torch.ones_like(ls, dtype=torch.bool)
+    head[1:] = ls[1:] != ls[:-1]
+    first = torch.zeros_like(head)
+    first[order[head]] = True
+    return first
+
+
+def test_classical_is_near_perfect_on_frontal_images_and_degrades_off_axis():
+    """Two claims with the true segmentation, on held-out eyes (gallery: the first frontal,
+    clean, normally lit image of each eye):
+
+    * the texture is iris-like: the other frontal clean images (Control-like probes) are
+      separated almost perfectly;
+    * the paper's premise: clean off-axis images (the 8 outer gaze points, 20 degrees apart,
+      level 5; Gaze-like probes) break the rubber-sheet pipeline.
+
+    Calibration (8 subjects, 96 px, seeds 11-15, 1 and 2 torch threads: identical values):
+    frontal d' 11.3-14.8, FRR at FAR 1e-2 0.0, rank-1 1.0; off-axis d' 1.50-1.94, FRR at FAR
+    1e-2 0.38-0.50, EER 0.16-0.22. Asserted: frontal d' > 6 and FRR 0; off-axis d' < 3.5,
+    FRR > 0.2 and EER > 0.08."""
+    size = 96
+    ds = OcularDataset(8, OcularConfig(size=size, repeats=1), seed=11, subject_offset=1000)
     md = ds.metadata()
-    idx = torch.nonzero((md["gaze_point"] == CENTRE_GAZE) & (md["level"] >= 3) & (md["level"] <= 7)).flatten()
+    centre = md["gaze_point"] == CENTRE_GAZE
+    normal = (md["level"] >= 3) & (md["level"] <= 7)
+    idx = torch.nonzero((centre & normal) | (~centre & (md["level"] == 5))).flatten()
     b = ds.render_truth(idx)
-    keep = quality_flags(b.quality, md["gaze_point"][idx], md["level"][idx], image_size=size)["clean"]
-    return ds, idx[keep], b
-
-
-def test_classical_is_near_perfect_on_frontal_well_lit_images():
-    """The texture is iris-like: classical recognition with the true segmentation separates
-    frontal, clean, normally lit images of held-out eyes almost perfectly (gallery: the first
-    such image of each eye, probes: the others).
-
-    Calibration (8 subjects, 96 px, seeds 11-15; the codes do not depend on the thread count):
-    d' 9.5-12.1, FRR at FAR 1e-2 0.0 and rank-1 1.0 in every run; asserted: d' > 6, FRR 0."""
-    ds, idx, b = _frontal_clean(8, seed=11)
-    b = ds.render_truth(idx)
+    clean = quality_flags(b.quality, md["gaze_point"][idx], md["level"][idx], image_size=size)[
+        "clean"
+    ]
     seg = oracle_segmentation(b)
     st = rubber_sheet(b.images, seg.pupil, seg.iris, seg.valid)
     t = IrisEncoder().encode(st.image, st.mask)
     lab = ds.labels[idx]
-    first = torch.ones_like(lab, dtype=torch.bool)
-    first[1:] = lab[1:] != lab[:-1]  # idx is sorted: the first image of each eye
-    g, p = torch.nonzero(first).flatten(), torch.nonzero(~first).flatten()
-    m = hamming_matrix(t.codes[g], t.masks[g], t.codes[p], t.masks[p])
-    same = lab[g].view(-1, 1) == lab[p].view(1, -1)
-    assert dprime(m.distances[same], m.distances[~same]) > 6.0
-    v = verification(1 - m.distances, lab[g], lab[p], fars=(1e-2,))
-    assert v.frr[1e-2] == 0.0 and v.rank1 == 1.0
+    frontal = torch.nonzero(clean & centre[idx]).flatten()
+    first = _first_of_each(lab[frontal])
+    g = frontal[first]
+    assert g.numel() >= 12  # most of the 16 eyes have a clean frontal image
+    res = {}
+    for name, p in (
+        ("frontal", frontal[~first]),
+        ("off-axis", torch.nonzero(clean & ~centre[idx]).flatten()),
+    ):
+        assert p.numel() > 20
+        m = hamming_matrix(t.codes[g], t.masks[g], t.codes[p], t.masks[p])
+        same = lab[g].view(-1, 1) == lab[p].view(1, -1)
+        v = verification(1 - m.distances, lab[g], lab[p], fars=(1e-2,))
+        res[name] = (dprime(m.distances[same], m.distances[~same]), v)
+    d, v = res["frontal"]
+    assert d > 6.0 and v.frr[1e-2] == 0.0 and v.rank1 == 1.0, (d, v.frr)
+    d, v = res["off-axis"]
+    assert d < 3.5 and v.frr[1e-2] > 0.2 and v.eer > 0.08, (d, v.frr, v.eer)
 
 
 def test_our_segmenter_finds_the_iris():
@@ -180,7 +216,9 @@ def test_our_segmenter_finds_the_iris():
     seg = EllipseSegmenter()(b.images)
     ic = (seg.iris[:, :2] - b.iris[:, :2]).norm(dim=1)
     pc = (seg.pupil[:, :2] - b.pupil[:, :2]).norm(dim=1)
-    iou = (seg.valid & b.visible).sum((1, 2)).float() / (seg.valid | b.visible).sum((1, 2)).clamp_min(1).float()
+    iou = (seg.valid & b.visible).sum((1, 2)).float() / (seg.valid | b.visible).sum(
+        (1, 2)
+    ).clamp_min(1).float()
     assert float(ic.median()) < 2.0 and float(pc.median()) < 1.2
     assert float(iou.median()) > 0.6
     with pytest.raises(ShapeError):

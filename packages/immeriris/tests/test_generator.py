@@ -32,7 +32,12 @@ def test_layout_and_labels():
     assert torch.equal(md["capture"][0::2], md["capture"][1::2])  # the two eyes of a capture
     assert torch.equal(md["label"], md["subject"] * 2 + md["eye"])
     i = _index(ds, 1, 7, 9, 1)
-    assert (int(md["subject"][i]), int(md["gaze_point"][i]), int(md["level"][i]), int(md["eye"][i])) == (1, 7, 9, 1)
+    assert (
+        int(md["subject"][i]),
+        int(md["gaze_point"][i]),
+        int(md["level"][i]),
+        int(md["eye"][i]),
+    ) == (1, 7, 9, 1)
     x, y = ds[i]
     assert x.shape == (1, 64, 64) and x.dtype == torch.float32 and int(y) == 3
     assert float(x.min()) >= -1 and float(x.max()) <= 1
@@ -61,7 +66,9 @@ def test_deterministic_and_independent_of_batch_and_dataset():
 
 
 def test_truth_matches_pixels():
-    ds = OcularDataset(4, OcularConfig(size=96, repeats=1, p_blink=0.0, p_glare=0.0, p_motion=0.0), seed=2)
+    ds = OcularDataset(
+        4, OcularConfig(size=96, repeats=1, p_blink=0.0, p_glare=0.0, p_motion=0.0), seed=2
+    )
     idx = torch.tensor([_index(ds, s, CENTRE_GAZE, 5, e) for s in range(4) for e in range(2)])
     b = ds.render_truth(idx)
     coords = torch.arange(96) + 0.5
@@ -70,7 +77,9 @@ def test_truth_matches_pixels():
     pupil_mean = (gray * in_pupil).sum((1, 2)) / in_pupil.sum((1, 2))
     iris_mean = (gray * b.visible).sum((1, 2)) / b.visible.sum((1, 2))
     assert bool((pupil_mean < 0.45 * iris_mean).all())  # the pupil ellipse sits on dark pixels
-    annulus = (ellipse_inside(b.iris, coords, coords) < 1.05) & (ellipse_inside(b.pupil, coords, coords) > 0.9)
+    annulus = (ellipse_inside(b.iris, coords, coords) < 1.05) & (
+        ellipse_inside(b.pupil, coords, coords) > 0.9
+    )
     assert bool((b.visible & ~annulus).sum() == 0)  # visible iris lies between the ellipses
     assert set(b.quality) == {"eyelid", "eyelash", "dilation", "gaze", "specular", "blur"}
 
@@ -99,7 +108,9 @@ def test_nuisances_cause_their_quality_factors():
     pick = lambda ds: torch.arange(0, len(ds), 7)  # noqa: E731
     q = {}
     for name, cfg in {
-        "calm": OcularConfig(**base, p_blink=0.0, p_heavy_lashes=0.0, p_glare=0.0, p_motion=0.0, p_dilation=0.0),
+        "calm": OcularConfig(
+            **base, p_blink=0.0, p_heavy_lashes=0.0, p_glare=0.0, p_motion=0.0, p_dilation=0.0
+        ),
         "blink": OcularConfig(**base, p_blink=1.0),
         "glare": OcularConfig(**base, p_glare=1.0),
         "motion": OcularConfig(**base, p_motion=1.0),

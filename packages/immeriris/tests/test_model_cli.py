@@ -1,6 +1,7 @@
 """IrisNet inputs and persistence, a short training run on the core trainer, and the CLI."""
 
 import math
+
 import pytest
 import torch
 
@@ -22,7 +23,9 @@ def test_crop_centres_and_scales_the_iris():
     crop = iris_crop(img, iris, 32, margin=1.0)
     # the disk fills the crop: corners outside, centre inside, symmetric
     assert crop[0, 0, 16, 16] > 0.9 and crop[0, 0, 0, 0] < -0.9
-    assert torch.allclose(crop, crop.flip(-1), atol=0.15) and torch.allclose(crop, crop.flip(-2), atol=0.15)
+    assert torch.allclose(crop, crop.flip(-1), atol=0.15) and torch.allclose(
+        crop, crop.flip(-2), atol=0.15
+    )
     inside = (crop[0, 0] > 0).float().mean()
     assert float(inside) == pytest.approx(math.pi / 4, abs=0.05)
     jittered = iris_crop(img, iris, 32, margin=1.0, jitter=torch.tensor([[0.25, 0.0, 0.0]]))
@@ -42,7 +45,9 @@ def test_irisnet_paradigms_and_save_load(tmp_path):
     nk = IrisNet("normkeep", backbone="r18", embedding_size=16, base_width=4, strip_size=(16, 64))
     assert nf.prepare(b.images, seg).shape == (4, 1, 32, 32)
     assert nk.prepare(b.images, seg).shape == (4, 1, 16, 64)
-    assert torch.allclose(nk.prepare(b.images, seg), strip_input(b.images, seg.pupil, seg.iris, (16, 64)))
+    assert torch.allclose(
+        nk.prepare(b.images, seg), strip_input(b.images, seg.pupil, seg.iris, (16, 64))
+    )
     e = nf.embed(b.images, seg, batch_size=3)
     assert e.shape == (4, 16) and torch.allclose(e.norm(dim=1), torch.ones(4), atol=1e-5)
     nf.save_pretrained(tmp_path / "m")
@@ -85,7 +90,9 @@ def _facelab(capsys, *args):
 
 def test_cli_generate_and_bad_input(tmp_path, capsys):
     out = tmp_path / "gen"
-    rc, text, err = _facelab(capsys, "immeriris", "generate", "--out", str(out), "--subjects", "2", "--size", "48")
+    rc, text, err = _facelab(
+        capsys, "immeriris", "generate", "--out", str(out), "--subjects", "2", "--size", "48"
+    )
     assert rc == 0, err
     assert "| Gaze | left |" in text
     from facelab.immeriris.protocols import read_protocol
@@ -94,9 +101,17 @@ def test_cli_generate_and_bad_input(tmp_path, capsys):
     assert len(f.select("probe", "left")) > 0 and (out / "images.safetensors").is_file()
     header = (out / "metadata.tsv").read_text().splitlines()[0].split("\t")
     assert header[:6] == ["image", "subject", "eye", "capture", "gaze_point", "level"]
-    rc, _, err = _facelab(capsys, "immeriris", "generate", "--out", str(out), "--subjects", "2", "--size", "16")
-    assert rc == 2 and err.strip().startswith("facelab immeriris: error: size") and len(err.strip().splitlines()) == 1
+    rc, _, err = _facelab(
+        capsys, "immeriris", "generate", "--out", str(out), "--subjects", "2", "--size", "16"
+    )
+    assert (
+        rc == 2
+        and err.strip().startswith("facelab immeriris: error: size")
+        and len(err.strip().splitlines()) == 1
+    )
     rc, _, err = _facelab(capsys, "immeriris", "bogus")
     assert rc == 2 and "unknown subcommand" in err
-    rc, _, err = _facelab(capsys, "immeriris", "eval", "--no-classical", "--out", str(tmp_path / "e"))
+    rc, _, err = _facelab(
+        capsys, "immeriris", "eval", "--no-classical", "--out", str(tmp_path / "e")
+    )
     assert rc == 2 and "nothing to evaluate" in err

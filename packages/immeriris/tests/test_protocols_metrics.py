@@ -48,7 +48,9 @@ def test_protocol_rules(generated):
             assert torch.equal(p.probe_labels, md["subject"][p.probe[:, 0]])
             continue
         side = 0 if eye == "left" else 1
-        assert bool((md["eye"][p.probe] == side).all()) and bool((md["eye"][p.gallery] == side).all())
+        assert bool((md["eye"][p.probe] == side).all()) and bool(
+            (md["eye"][p.gallery] == side).all()
+        )
         assert not bool(torch.isin(p.probe, p.gallery).any())  # probes never enrol
         assert bool(probe_rule(name, f)[p.probe].all())
         assert torch.equal(p.probe_labels, md["label"][p.probe])
@@ -77,16 +79,24 @@ def test_protocol_files_round_trip(tmp_path, generated):
     md = ds.metadata()
     p = build_protocols(md, q, names=("Gaze",), eyes=("left",), image_size=48)[("Gaze", "left")]
     names = [f"img{i}.png" for i in range(len(ds))]
-    path = write_protocol(tmp_path / "Gaze-left.tsv", p, names, md["subject"], md["eye"], md["capture"])
+    path = write_protocol(
+        tmp_path / "Gaze-left.tsv", p, names, md["subject"], md["eye"], md["capture"]
+    )
     f = read_protocol(path)
-    assert [f.images[i] for i in f.select("gallery", "left")] == [names[i] for i in p.gallery.tolist()]
+    assert [f.images[i] for i in f.select("gallery", "left")] == [
+        names[i] for i in p.gallery.tolist()
+    ]
     assert [f.images[i] for i in f.select("probe", "left")] == [names[i] for i in p.probe.tolist()]
     dual = build_protocols(md, q, names=("Any",), eyes=("dual",), image_size=48)[("Any", "dual")]
-    path2 = write_protocol(tmp_path / "Any-dual.tsv", dual, names, md["subject"], md["eye"], md["capture"])
-    pairs, subjects = read_protocol(path2).dual_pairs("probe")
+    path2 = write_protocol(
+        tmp_path / "Any-dual.tsv", dual, names, md["subject"], md["eye"], md["capture"]
+    )
+    pairs, _subjects = read_protocol(path2).dual_pairs("probe")
     assert pairs.shape == (len(dual.probe), 2)
     bad = tmp_path / "bad.tsv"
-    bad.write_text("role\timage\tsubject\teye\tcapture\ngallery\ta.png\tS1\tleft\t1\nprobe\tb.png\tS1\tmiddle\t2\n")
+    bad.write_text(
+        "role\timage\tsubject\teye\tcapture\ngallery\ta.png\tS1\tleft\t1\nprobe\tb.png\tS1\tmiddle\t2\n"
+    )
     with pytest.raises(FormatError, match=r"bad.tsv:3: eye"):
         read_protocol(bad)
     bad.write_text("role\timage\tsubject\n")
@@ -155,6 +165,8 @@ def test_fuse_and_dprime():
     assert fuse(left, right).tolist() == [[0.5, 0.0]]
     with pytest.raises(ShapeError):
         fuse(left, right.T)
-    assert dprime(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0])) == pytest.approx(4 / math.sqrt(2))
+    assert dprime(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0])) == pytest.approx(
+        4 / math.sqrt(2)
+    )
     with pytest.raises(RangeError):
         dprime(torch.tensor([1.0]), torch.tensor([0.0, 1.0]))

@@ -48,7 +48,9 @@ def _reference_pairs_per_s(a, ma, b, mb, pairs: int) -> float:
     an, man, bn, mbn = (t.numpy() for t in (a, ma, b, mb))
     t0 = time.perf_counter()
     for k in range(pairs):
-        reference_hamming_distance(an[k % len(an)], man[k % len(an)], bn[k % len(bn)], mbn[k % len(bn)])
+        reference_hamming_distance(
+            an[k % len(an)], man[k % len(an)], bn[k % len(bn)], mbn[k % len(bn)]
+        )
     return pairs / (time.perf_counter() - t0)
 
 
@@ -59,7 +61,11 @@ def hamming_rows(small: bool) -> list[dict[str, Any]]:
     a, ma = _codes(n, 0)
     b, mb = _codes(n, 1)
     ref = _reference_pairs_per_s(a, ma, b, mb, 40 if small else 200)
-    t = measure(lambda: hamming_matrix(a, ma, b, mb), repeat=1 if not small else 2, warmup=0 if not small else 1)
+    t = measure(
+        lambda: hamming_matrix(a, ma, b, mb),
+        repeat=1 if not small else 2,
+        warmup=0 if not small else 1,
+    )
     rows = [
         _row(
             f"hamming_matrix {n} x {n}, 16x256x4 bits, 31 shifts",
@@ -74,7 +80,9 @@ def hamming_rows(small: bool) -> list[dict[str, Any]]:
     pa, pma = _codes(m, 2)
     pb, pmb = _codes(m, 3)
     for method in ("dft", "packed"):
-        tp = measure(lambda method=method: hamming_distance(pa, pma, pb, pmb, method=method), repeat=2)
+        tp = measure(
+            lambda method=method: hamming_distance(pa, pma, pb, pmb, method=method), repeat=2
+        )
         rows.append(
             _row(
                 f"hamming_distance {m} pairs, 31 shifts",

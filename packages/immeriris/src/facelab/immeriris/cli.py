@@ -131,12 +131,16 @@ def train_command(argv: Sequence[str]) -> int:
     import logging
 
     from facelab.core.recipe import parse_with_presets
+    from facelab.immeriris.generator import deferred_checks
     from facelab.immeriris.train import RecipeConfig, presets, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = parse_with_presets(
-        RecipeConfig, presets(), argv, "facelab immeriris train", train_command.__doc__ or "", "toy"
-    )
+    with deferred_checks():  # range errors end as one line, not as tyro's usage box
+        cfg = parse_with_presets(
+            RecipeConfig, presets(), argv, "facelab immeriris train", train_command.__doc__ or "",
+            "toy",
+        )  # fmt: skip
+    cfg.data.check()
     out = train(cfg)
     print(f"trained {out.result.step} steps in {out.wall_time:.0f} s; losses {out.result.losses}")
     print(f"model saved to {out.output_dir / 'model'}")

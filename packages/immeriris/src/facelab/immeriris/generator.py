@@ -59,6 +59,21 @@ from facelab.immeriris.geometry import (
 )
 from facelab.immeriris.texture import PAD_COLS, TEXTURE_COLS, make_textures
 
+_CHECKS_DEFERRED = False
+
+
+@contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Construct configs without their range checks (a command-line parser that would turn a
+    check's error into a multi-line usage box); call ``check()`` afterwards."""
+    global _CHECKS_DEFERRED
+    before, _CHECKS_DEFERRED = _CHECKS_DEFERRED, True
+    try:
+        yield
+    finally:
+        _CHECKS_DEFERRED = before
+
+
 GAZE_POINTS = 9  # the 3x3 fixation grid, row-major from top-left; 4 is the centre
 BRIGHTNESS_LEVELS = 11
 CENTRE_GAZE = 4
@@ -100,6 +115,11 @@ class OcularConfig:
     p_motion: float = 0.10
 
     def __post_init__(self) -> None:
+        if not _CHECKS_DEFERRED:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`RangeError` on an out-of-range field."""
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < MIN_SIZE:
             raise RangeError(f"size: expected an int >= {MIN_SIZE}, got {self.size!r}")
         if not isinstance(self.repeats, int) or self.repeats < 1:

@@ -112,6 +112,10 @@ def verification(
             f"scores: expected ({gallery_labels.numel()}, {probe_labels.numel()}) for the gallery x probes, "
             f"got {tuple(scores.shape)}"
         )
+    if scores.numel() == 0:
+        raise RangeError(
+            f"verification: expected a non-empty gallery and probe set, got {tuple(scores.shape)}"
+        )
     s = scores.double()
     low = float(torch.nan_to_num(s, nan=0.0).min()) - 1.0
     s = torch.nan_to_num(s, nan=low)

@@ -53,6 +53,14 @@ class DataConfig:
     boundary_scale: float = 0.04
 
     def __post_init__(self) -> None:
+        from facelab.immeriris import generator
+
+        if not generator._CHECKS_DEFERRED:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`RangeError` on an out-of-range field (the generator's too)."""
+        self.generator.check()
         if self.num_subjects < 2:
             raise RangeError(
                 f"num_subjects: expected at least 2 training subjects, got {self.num_subjects}"
@@ -219,6 +227,7 @@ def train(cfg: RecipeConfig, *, data: RenderedEyes | None = None) -> TrainOutput
     from facelab.core.train import Trainer
 
     t0 = time.perf_counter()
+    cfg.data.check()
     ds = OcularDataset(
         cfg.data.num_subjects,
         cfg.data.generator,
