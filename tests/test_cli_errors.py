@@ -59,6 +59,7 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["leakage", "--model", NOPE, "--synthetic", NOPE],
         ["table", "--preset", "toy", "--datasets", "x"],
         ["toydata", "{tmp}/o", "--identities", "0"],
+    ],
     "immeriris": [
         ["generate", "--out", "{tmp}/g", "--size", "16"],
         ["train", "--preset", "nope"],
