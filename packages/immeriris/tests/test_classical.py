@@ -223,3 +223,5 @@ def test_our_segmenter_finds_the_iris():
     assert float(iou.median()) > 0.6
     with pytest.raises(ShapeError):
         EllipseSegmenter()(b.images[:, 0])
+    with pytest.raises(ShapeError, match="at least 32 x 32"):
+        EllipseSegmenter()(torch.zeros(2, 1, 16, 40))

@@ -58,6 +58,10 @@ def oracle_segmentation(batch) -> Segmentation:
     return Segmentation(batch.pupil, batch.iris, batch.visible)
 
 
+#: smallest image side :class:`EllipseSegmenter` accepts (its windows are 9 px and more)
+MIN_SEGMENT_SIZE = 32
+
+
 def check_images(images: object, name: str = "images") -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise FacelabTypeError(
@@ -113,6 +117,11 @@ class EllipseSegmenter:
 
     def __call__(self, images: torch.Tensor, chunk: int = 64) -> Segmentation:
         images = check_images(images)
+        if min(images.shape[-2:]) < MIN_SEGMENT_SIZE:
+            raise ShapeError(
+                f"images: expected at least {MIN_SEGMENT_SIZE} x {MIN_SEGMENT_SIZE} pixels for "
+                f"segmentation, got {tuple(images.shape[-2:])}"
+            )
         parts = [self._segment(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
         if not parts:
             _, _, h, w = images.shape
