@@ -83,6 +83,46 @@ def fake_methods(tmp_path, monkeypatch):
             del sys.modules[name]
 
 
+FAKE_FAMILIES = """
+from facelab.benchmarks.families import FamilySection, Table, new_figure, save_figure
+
+
+def run(*, level, seed, workdir, out, progress, **_):
+    rows = [{"name": f"fake-{c}", "value": i + 1} for i, c in enumerate("abc")]
+    fig, ax = new_figure()
+    ax.plot([0, 1], [0, 1])
+    return FamilySection(
+        "fakefam",
+        "Fake family",
+        summary=f"fake summary {len(rows)} rows at level {level}",
+        tables=[Table("fake table", [("name", "name"), ("value", "value")], rows)],
+        plots=[save_figure(fig, out / "fakefam.png")],
+        settings={"level": level, "seed": seed},
+    )
+
+
+def boom(**_):
+    raise RuntimeError("family runner bug")
+"""
+
+
+@pytest.fixture
+def fake_families(tmp_path, monkeypatch):
+    """Families ``fakefam`` (a table and a plot) and ``fakefamfail`` (its runner raises)."""
+    from facelab.benchmarks import families
+
+    root = tmp_path / "fake_families"
+    root.mkdir()
+    (root / "bench_fake_family.py").write_text(FAKE_FAMILIES)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setitem(families.FAMILIES, "fakefam", ("Fake family", "bench_fake_family:run"))
+    monkeypatch.setitem(
+        families.FAMILIES, "fakefamfail", ("Failing family", "bench_fake_family:boom")
+    )
+    yield root
+    sys.modules.pop("bench_fake_family", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_real_data(tmp_path_factory) -> tuple[Path, Path]:
     return write_identity_tree_and_bin(tmp_path_factory.mktemp("realdata"))

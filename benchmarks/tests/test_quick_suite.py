@@ -23,21 +23,22 @@ def finite(v):
     return isinstance(v, int | float) and math.isfinite(v)
 
 
-def test_quick_small_report(tmp_path, fake_methods, capsys):
+def test_quick_small_report(tmp_path, fake_methods, fake_families, capsys):
     out = tmp_path / "quick"
     methods = [*PPFR_METHODS, "nosuchmethod", "fakefail", "fakeok"]
+    families = ["fakefam", "fakefamfail"]
     # --jobs 1: every method in this process (a spawned worker per method would add its start-up
     # to the test's time; test_same_seed_same_numbers covers the worker processes)
     args = ["quick", "--small", "--out", str(out), "--no-progress", "--jobs", "1"]
-    rc = main([*args, "--methods", *methods])
+    rc = main([*args, "--methods", *methods, "--families", *families])
     assert rc == 1  # fakefail raised: the suite finishes, then exits non-zero
     printed = capsys.readouterr()
-    assert "report written to" in printed.out and "FAILED: fakefail" in printed.err
+    assert "report written to" in printed.out and "FAILED: fakefamfail, fakefail" in printed.err
 
     data = strict_json(out / "results.json")
     assert data["suite"] == "quick"
     assert data["columns"] == [k for k, _ in TABLE_COLUMNS]
-    assert data["failed"] == ["fakefail"]
+    assert data["failed"] == ["fakefamfail", "fakefail"]
     assert {"facelab-core", "facelab-benchmarks"} <= set(data["versions"])
     assert data["settings"]["seed"] == 0 and data["settings"]["quick"] == dataclasses.asdict(
         quick.SMALL
@@ -91,7 +92,24 @@ def test_quick_small_report(tmp_path, fake_methods, capsys):
     # the report and the plots
     md = (out / "report.md").read_text()
     header = "| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |"
-    assert md.splitlines()[2] == header
+    lines = md.splitlines()
+    # the first section summarizes every family, one bullet each, before the table
+    assert lines[2] == "## Summary" and lines.index(header) > lines.index("## Results")
+    bullets = [ln for ln in lines[3 : lines.index("## Results")] if ln.startswith("- **")]
+    assert [b.split("**")[1] for b in bullets] == [
+        "Privacy-preserving recognition",
+        "Template protection",
+        "Fake family",
+        "Failing family",
+    ]
+    base = rows[quick.BASELINE]
+    assert f"accuracy {base['accuracy']:.3f}" in bullets[0]
+    assert "fakeok accuracy 0.900, leakage 0.200" in bullets[0]
+    assert "nosuchmethod not built" in bullets[0]
+    assert "(ok): fake summary 3 rows" in bullets[2] and "failed" in bullets[3]
+    assert "## Fake family (family)" in md and "| fake-a | 1 |" in md
+    assert "![fakefam.png](fakefam.png)" in md
+    assert [f["key"] for f in data["families"]] == families
     for section in (
         "## Notes",
         "## Settings and seeds",
@@ -152,6 +170,7 @@ def test_same_seed_same_numbers(tmp_path, fake_methods):
             methods=methods,
             settings=TINY,
             jobs=jobs,
+            families=(),
         )
         for i, (seed, methods, jobs) in enumerate(
             [(5, ("fakeok",), 1), (5, ("fakeexit", "fakeok"), 3), (6, (), 1)]

@@ -1,4 +1,4 @@
-"""Run a benchmark suite: facelab bench quick|speed|ppfr|templates."""
+"""Run a benchmark suite: facelab bench quick|speed|ppfr|templates|synth|tokenizer|iris|fl."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from facelab.benchmarks.registry import SUITES, get_suite
 from facelab.core.cli import ArgumentParser
 
 FULL_SUITES = ("ppfr", "templates")
+FAMILY_SUITES = ("synth", "tokenizer", "iris", "fl")
 _FULL_ONLY = (
     "train_data",
     "eval_bins",
@@ -25,13 +26,22 @@ _FULL_ONLY = (
 
 EPILOG = """\
 suites:
-  quick      every method on toyfaces, CPU, < 10 minutes (what `make demo` runs)
+  quick      every family on toy data, CPU, < 20 minutes (what `make demo` runs)
   speed      speed ratios against references measured in the same run
   ppfr       ArcFace baseline + DuetFace/PartialFace/MinusFace on real data (paper recipes)
   templates  SlerpFace / BioHashing / IronMask on real data (paper recipes)
+  synth      every installed generator's dataset scored by FRCSyn's cross-dataset table
+  tokenizer  GloTok's ablation (baseline -> + histogram loss -> + residual)
+  iris       ImmerIris: NormFree / NormKeep vs the classical iris-code pipeline
+  fl         ARIBA (backdoor defences) and VFL-AFE (DP vertical FL) comparisons
+
+A family suite whose packages are not installed writes a report saying so (exit 0).
 
 examples:
   facelab bench quick
+  facelab bench quick --families fl tokenizer
+  facelab bench fl
+  facelab bench synth --generators base uiface --toy-weights benchmarks/toy-weights
   facelab bench speed --small
   facelab bench ppfr --train-data /data/faces_emore --eval-bins lfw.bin cfp_fp.bin agedb_30.bin
   facelab bench templates --train-data /data/casia_folders --eval-bins lfw.bin --preset paper
@@ -57,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"method packages to run (quick/ppfr; default: {' '.join(PPFR_METHODS)}; "
         "give the flag with no names to run none)",
     )
+    p.add_argument(
+        "--families",
+        nargs="*",
+        default=None,
+        metavar="FAMILY",
+        help="quick only: family sections to add after privacy and templates (default: all: "
+        f"{' '.join(_family_keys())}; give the flag with no names to run none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
     p.add_argument(
         "--threads",
@@ -74,7 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick only: processes; with 2 or more the method packages run in worker "
         "processes beside the baseline/templates/attacks (default: min(2, CPUs available))",
     )
-    full = p.add_argument_group("ppfr / templates (real data)")
+    synth = p.add_argument_group("synth (and the quick suite's synthesis section)")
+    synth.add_argument(
+        "--toy-weights",
+        default=None,
+        metavar="DIR",
+        help="folder of the generators' toy weights (default: $FACELAB_TOY_WEIGHTS, else the "
+        "repository's benchmarks/toy-weights)",
+    )
+    synth.add_argument(
+        "--generators", nargs="+", default=None, metavar="NAME", help="generators to compare"
+    )
+    full = p.add_argument_group(
+        "ppfr / templates (real data; synth: optional real baseline and .bin sets)"
+    )
     full.add_argument(
         "--train-data",
         default=None,
@@ -123,10 +154,40 @@ def main(argv: Sequence[str] = ()) -> int:
             parser.error(f"the {args.suite} suite needs --eval-bins a.bin [b.bin ...]")
         for name in _FULL_ONLY:
             kwargs[name] = getattr(args, name)
+    elif args.suite == "synth":
+        given = [
+            f"--{n.replace('_', '-')}"
+            for n in _FULL_ONLY
+            if n not in ("train_data", "eval_bins") and _given(args, n, parser)
+        ]
+        if given:
+            parser.error(f"{', '.join(given)} apply to the ppfr and templates suites only")
+        kwargs["train_data"] = args.train_data
+        kwargs["eval_bins"] = tuple(args.eval_bins or ())
     else:
         given = [f"--{n.replace('_', '-')}" for n in _FULL_ONLY if _given(args, n, parser)]
         if given:
             parser.error(f"{', '.join(given)} apply to the ppfr and templates suites only")
+    synth_opts = {"toy_weights": args.toy_weights, "generators": args.generators}
+    if any(v is not None for v in synth_opts.values()):
+        if args.suite not in ("synth", "quick"):
+            parser.error(f"--toy-weights / --generators apply to synth and quick, not {args.suite}")
+        if args.generators is not None:
+            from facelab.benchmarks.generators import GENERATORS
+
+            bad = [g for g in args.generators if g not in GENERATORS]
+            if bad:
+                parser.error(f"--generators: unknown {bad}; valid: {sorted(GENERATORS)}")
+            kwargs["generators"] = tuple(args.generators)
+        if args.toy_weights is not None:
+            kwargs["toy_weights"] = args.toy_weights
+    if args.families is not None:
+        if args.suite != "quick":
+            parser.error(f"--families applies to the quick suite only, not {args.suite}")
+        bad = [f for f in args.families if f not in _family_keys()]
+        if bad:
+            parser.error(f"--families: unknown {bad}; valid: {list(_family_keys())}")
+        kwargs["families"] = tuple(args.families)
     if args.jobs is not None:
         if args.suite != "quick":
             parser.error(f"--jobs applies to the quick suite only, not {args.suite}")
@@ -153,6 +214,12 @@ def main(argv: Sequence[str] = ()) -> int:
         print(f"\nFAILED: {', '.join(result.failed)} (see the rows marked failed)", file=sys.stderr)
     print(f"\nreport written to {path}")
     return 1 if result.failed else 0
+
+
+def _family_keys() -> tuple[str, ...]:
+    from facelab.benchmarks.families import FAMILIES
+
+    return tuple(FAMILIES)
 
 
 def default_jobs() -> int:

@@ -9,7 +9,9 @@ only arranges their numbers: a package that is not installed gives a row with st
 the section lists it in ``failed``.
 
 Runners live in ``facelab.benchmarks.family_<key>`` and are named in :data:`FAMILIES`; they are
-imported on use, so one family's dependencies never slow another.
+imported on use, so one family's dependencies never slow another. :func:`run_suite` makes a
+family's own suite (``facelab bench synth|tokenizer|iris|fl``) from its section; the quick suite
+adds every family's section at level ``quick``.
 """
 
 from __future__ import annotations
@@ -162,6 +164,68 @@ def run_family(
     return section
 
 
+def run_suite(
+    key: str,
+    *,
+    small: bool = False,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """``facelab bench <key>``: the family's section at level ``suite`` (``small``: level
+    ``small``) as a :class:`~facelab.benchmarks.report.SuiteResult`: its first table is the
+    report's table, its summary the first section, the rest of the section follows; work files
+    go to ``out/work``. A family whose packages are absent gives a report that says so (status
+    ``not installed``), not a failure."""
+    from facelab.benchmarks.progress import Progress
+
+    if key not in FAMILIES:
+        raise UnknownNameError(f"unknown family {key!r}; valid: {sorted(FAMILIES)}")
+    out = Path(out or f"results/{key}")
+    level = "small" if small else "suite"
+    prog = Progress(key, progress)
+    title = FAMILIES[key][0]
+    with prog.stage(f"{title} (level {level})") as record:
+        section = run_family(
+            key, level=level, seed=seed, workdir=out / "work", out=out, progress=progress, **options
+        )
+        record.status = section.status
+    return section_result(key, section, prog.summary(), {"level": level, "seed": seed})
+
+
+def section_result(
+    suite: str, section: FamilySection, timings: dict[str, Any], settings: dict[str, Any]
+) -> Any:
+    from facelab.benchmarks.report import SuiteResult
+
+    tables = section.tables or [Table("", [("status", "status")], [{"status": section.status}])]
+    first, rest = tables[0], tables[1:]
+    body = FamilySection(
+        section.key,
+        section.title,
+        status=section.status,
+        tables=rest,
+        text=section.text,
+        notes=[],
+    ).markdown()
+    sections = [(section.title, body)]
+    return SuiteResult(
+        suite=suite,
+        columns=[k for k, _ in first.columns],
+        headers=dict(first.columns),
+        rows=first.rows,
+        summary=f"**{section.title}** ({section.status}): {section.summary}",
+        settings={**settings, **section.settings},
+        notes=([first.caption] if first.caption else []) + section.notes,
+        plots=section.plots,
+        failed=section.failed,
+        sections=sections,
+        timings={**timings, "family": section.timings},
+        extra={"section": section.as_dict()},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # helpers for runners
 
@@ -248,3 +312,23 @@ def save_figure(fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     return path.name
+
+
+def suite_synth(**kwargs: Any) -> Any:
+    """``facelab bench synth``: every installed generator scored by FRCSyn's table."""
+    return run_suite("synth", **kwargs)
+
+
+def suite_tokenizer(**kwargs: Any) -> Any:
+    """``facelab bench tokenizer``: GloTok's ablation."""
+    return run_suite("tokenizer", **kwargs)
+
+
+def suite_iris(**kwargs: Any) -> Any:
+    """``facelab bench iris``: ImmerIris's NormFree / NormKeep vs the classical pipeline."""
+    return run_suite("iris", **kwargs)
+
+
+def suite_fl(**kwargs: Any) -> Any:
+    """``facelab bench fl``: ARIBA and VFL-AFE."""
+    return run_suite("fl", **kwargs)

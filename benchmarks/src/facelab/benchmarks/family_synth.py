@@ -48,6 +48,7 @@ COLUMNS = [
     ("gen_images_per_s", "generated img/s"),
 ]
 REAL = "real (baseline)"
+UNSCORED = "not scored: facelab-frcsyn is not installed"
 
 
 def settings(level: str, seed: int) -> dict[str, Any]:
@@ -273,15 +274,6 @@ def run(
     datasets: dict[str, Path] = {}
     for spec in specs:
         dest = workdir / "datasets" / spec.name
-        if not frcsyn:
-            st = "not scored: facelab-frcsyn (the scoring protocol) is not installed"
-            st = (
-                f"{NOT_INSTALLED} ({spec.module.replace('facelab.', 'facelab-')})"
-                if not spec.is_installed()
-                else st
-            )
-            status[spec.label] = st
-            continue
         try:
             st, inf = _generate(spec, root, s, dest, progress)
         except Exception as err:
@@ -308,7 +300,16 @@ def run(
     for spec in specs:
         if spec.label not in done:
             row = {k: math.nan for k, _ in COLUMNS}
-            row.update(dataset=spec.label, status=status.get(spec.label, "not run"))
+            st = status.get(spec.label, "not run")
+            if st == "ok" and not frcsyn:  # generated, but nothing scores it
+                inf = info.get(spec.label, {})
+                st = f"generated; {UNSCORED}"
+                row.update(
+                    images=inf.get("images", math.nan),
+                    identities=s["identities"],
+                    gen_images_per_s=inf.get("images_per_s", math.nan),
+                )
+            row.update(dataset=spec.label, status=st)
             rows.append(row)
     section.tables.append(Table(caption, COLUMNS, rows))
     plot = _plot(entries, sets, out / "synth_frcsyn.png")
@@ -319,11 +320,21 @@ def run(
         section.plots.append(grid)
     gen_ok = [k for k, v in status.items() if v == "ok"]
     if not frcsyn:
-        section.status = f"{NOT_INSTALLED} (facelab-frcsyn, which scores the generators)"
-        gens = ", ".join(f"{k} {v.split(' (')[0]}" for k, v in status.items())
+        section.status = (
+            f"partial ({UNSCORED})" if gen_ok else f"{NOT_INSTALLED} ({UNSCORED}, no generator)"
+        )
+        gens = "; ".join(
+            f"{k}: "
+            + (
+                f"{info[k]['images']} images at {info[k]['images_per_s']:.1f} img/s"
+                if v == "ok"
+                else v.split(" (")[0]
+            )
+            for k, v in status.items()
+        )
         section.summary = (
-            "Synthesis: facelab-frcsyn is not installed, so no generator is scored "
-            f"(generators: {gens})."
+            "Synthesis: facelab-frcsyn (the scoring protocol) is not installed, so the "
+            f"generated datasets are not scored ({gens})."
         )
     elif not gen_ok:
         section.status = "no generator" if not section.failed else "failed"

@@ -15,6 +15,10 @@ SUITES: dict[str, str] = {
     "speed": "facelab.benchmarks.speed:run",
     "ppfr": "facelab.benchmarks.full:run_ppfr",
     "templates": "facelab.benchmarks.full:run_templates",
+    "synth": "facelab.benchmarks.families:suite_synth",
+    "tokenizer": "facelab.benchmarks.families:suite_tokenizer",
+    "iris": "facelab.benchmarks.families:suite_iris",
+    "fl": "facelab.benchmarks.families:suite_fl",
 }
 
 

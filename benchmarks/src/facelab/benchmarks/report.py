@@ -90,7 +90,9 @@ class SuiteResult:
     """What a suite returns; ``write(out_dir)`` renders report.md and results.json.
 
     ``failed`` lists the parts that raised (the CLI exits non-zero when it is not empty);
-    ``sections`` are extra markdown sections ``(title, body)``; ``extra`` goes to the JSON only.
+    ``summary``: the report's first section (a few lines saying what the results mean), before
+    the table; ``sections`` are extra markdown sections ``(title, body)`` after the notes;
+    ``extra`` goes to the JSON only.
     """
 
     suite: str
@@ -104,6 +106,7 @@ class SuiteResult:
     sections: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
 
     def table(self) -> str:
         return markdown_table(self.columns, self.rows, self.headers)
@@ -113,7 +116,11 @@ class SuiteResult:
         out.mkdir(parents=True, exist_ok=True)
         machine = machine_info()
         versions = installed_packages()
-        md = [f"# facelab bench {self.suite}", "", self.table(), ""]
+        md = [f"# facelab bench {self.suite}", ""]
+        if self.summary:
+            md += ["## Summary", "", self.summary.rstrip(), ""]
+            md += ["## Results", ""]
+        md += [self.table(), ""]
         if self.failed:
             md += ["**Failed parts:** " + ", ".join(self.failed), ""]
         if self.notes:
@@ -137,6 +144,7 @@ class SuiteResult:
         _atomic_write(out / "report.md", "\n".join(md))
         payload = {
             "suite": self.suite,
+            **({"summary": self.summary} if self.summary else {}),
             "columns": self.columns,
             "headers": self.headers,
             "rows": self.rows,
