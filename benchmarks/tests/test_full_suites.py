@@ -39,10 +39,10 @@ def train(cfg):
 """
 
 
-def test_full_suites_need_data_paths(capsys, tmp_path):
+def test_full_suites_need_both_data_paths(capsys, tmp_path):
     for suite in ("ppfr", "templates"):
         with pytest.raises(SystemExit) as e:
-            main([suite])
+            main([suite, "--eval-bins", "x.bin"])
         assert e.value.code == 2
         assert "--train-data PATH" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -126,3 +126,28 @@ def test_verification_leaves_of_nested_results():
     ]
     assert _verification_leaves({"lfw": v}) == [(("lfw",), v)]
     assert _verification_leaves({}) == []
+
+
+def test_ppfr_on_toy_data_without_paths(tmp_path, capsys):
+    """No data paths: toyfaces folders + a .bin are written and the toy preset runs."""
+    from facelab.benchmarks import toydata
+    from facelab.core.data.verification import load_bin
+
+    out = tmp_path / "ppfr"
+    tiny = ["--max-steps", "2", "--batch-size", "8", "--attack-steps", "2", "--small"]
+    assert main(["ppfr", "--out", str(out), "--no-progress", "--methods", *tiny]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["toy_data"] is True and data["settings"]["preset"] == "toy"
+    assert data["notes"][0].startswith("toy data")
+    (row,) = [r for r in data["rows"] if r["method"].startswith("arcface")]
+    assert row["status"] == "ok" and 0 <= row["accuracy"] <= 1
+    (folder,) = (out / "work" / "toydata").iterdir()
+    s = toydata.SMALL
+    people = sorted(p for p in (folder / "train").iterdir() if p.is_dir())
+    assert len(people) == s.identities
+    assert all(len(list(p.glob("*.png"))) == s.images_per_identity for p in people)
+    size = (s.image_size, s.image_size)
+    images, issame = load_bin(folder / "toy_eval.bin", image_size=size)
+    assert images.shape == (2 * s.eval_pairs, 3, *size)
+    assert len(issame) == s.eval_pairs and int(issame.sum()) == s.eval_pairs // 2
+    assert issame[:4].tolist() == [True, False, True, False]  # alternating: every fold holds both

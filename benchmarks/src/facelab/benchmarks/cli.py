@@ -28,8 +28,9 @@ EPILOG = """\
 suites:
   quick      every family on toy data, CPU, < 20 minutes (what `make demo` runs)
   speed      speed ratios against references measured in the same run
-  ppfr       ArcFace baseline + DuetFace/PartialFace/MinusFace on real data (paper recipes)
-  templates  SlerpFace / BioHashing / IronMask on real data (paper recipes)
+  ppfr       ArcFace baseline + DuetFace/PartialFace/MinusFace (real data: paper recipes;
+             without --train-data/--eval-bins: toyfaces folders + .bin, toy presets)
+  templates  SlerpFace / BioHashing / IronMask (the same data rules as ppfr)
   synth      every installed generator's dataset scored by FRCSyn's cross-dataset table
   tokenizer  GloTok's ablation (baseline -> + histogram loss -> + residual)
   iris       ImmerIris: NormFree / NormKeep vs the classical iris-code pipeline
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--generators", nargs="+", default=None, metavar="NAME", help="generators to compare"
     )
     full = p.add_argument_group(
-        "ppfr / templates (real data; synth: optional real baseline and .bin sets)"
+        "ppfr / templates (real data; none given: toy data; synth: real baseline and .bin sets)"
     )
     full.add_argument(
         "--train-data",
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-bins", nargs="+", default=None, metavar="BIN", help="insightface .bin sets"
     )
     full.add_argument(
-        "--preset", default="paper", help="recipe preset of every method (paper, toy, ...)"
+        "--preset",
+        default=None,
+        help="recipe preset of every method (default: paper on real data, toy on toy data)",
     )
     full.add_argument("--max-steps", type=int, default=None, help="override: training steps")
     full.add_argument("--batch-size", type=int, default=None, help="override: batch size")
@@ -144,14 +147,16 @@ def main(argv: Sequence[str] = ()) -> int:
             parser.error(f"--methods applies to the quick and ppfr suites, not {args.suite}")
         kwargs["methods"] = tuple(args.methods)
     if args.suite in FULL_SUITES:
-        if not args.train_data:
+        if args.eval_bins and not args.train_data:
             parser.error(
-                f"the {args.suite} suite needs real data: --train-data PATH (aligned identity "
-                "folders or a folder with train.rec/train.idx) and --eval-bins a.bin [b.bin ...]; "
-                "for toyfaces run `facelab bench quick`"
+                "--eval-bins given without --train-data PATH (aligned identity folders or a "
+                "folder with train.rec/train.idx); give both, or neither for toy data"
             )
-        if not args.eval_bins:
-            parser.error(f"the {args.suite} suite needs --eval-bins a.bin [b.bin ...]")
+        if args.train_data and not args.eval_bins:
+            parser.error(
+                f"the {args.suite} suite on real data needs --eval-bins a.bin [b.bin ...] too; "
+                "give both, or neither for toy data"
+            )
         for name in _FULL_ONLY:
             kwargs[name] = getattr(args, name)
     elif args.suite == "synth":

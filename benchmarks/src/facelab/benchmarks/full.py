@@ -1,5 +1,10 @@
 """The full-scale suites on real data: ``ppfr`` and ``templates``.
 
+Without data paths (neither ``train_data`` nor ``eval_bins``) they run on toy data: toyfaces
+written as identity folders and a ``.bin`` of held-out people (``facelab.benchmarks.toydata``,
+the ArcFace toy preset's sizes; ``small``: a few people at 32 px), with the ``toy`` presets
+unless ``preset`` names another.
+
 Both take aligned training data (identity folders, or a folder with insightface's
 ``train.rec``/``train.idx``) and insightface ``.bin`` verification sets, train with each method's
 preset (``paper`` by default: the published recipes), and report one row per method and
@@ -59,6 +64,7 @@ class FullArgs:
     small: bool
     progress: bool
     work: Path
+    toy: bool = False
 
     def train_overrides(self, train: Any) -> dict[str, Any]:
         """Fields to replace in a preset's ``TrainConfig``. A step budget (``max_steps``) turns
@@ -77,7 +83,7 @@ class FullArgs:
 def _check_args(
     train_data: Any,
     eval_bins: Any,
-    preset: str,
+    preset: str | None,
     max_steps: int | None,
     batch_size: int | None,
     image_size: int | None,
@@ -87,10 +93,28 @@ def _check_args(
     progress: bool,
     out: Path,
 ) -> FullArgs:
+    for name, v in (
+        ("max_steps", max_steps),
+        ("batch_size", batch_size),
+        ("image_size", image_size),
+    ):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise FormatError(f"{name}: expected a positive integer, got {v!r}")
+    toy = not train_data and not eval_bins
+    if toy:
+        from facelab.benchmarks import toydata
+
+        sizes = toydata.SMALL if small else toydata.FULL
+        if image_size is not None:
+            sizes = dataclasses.replace(sizes, image_size=image_size)
+        train_data, eval_bins = toydata.write_toy_data(out / "work" / "toydata", sizes, seed)
+        eval_bins = [eval_bins]
+        image_size = sizes.image_size
+    preset = preset if preset is not None else ("toy" if toy else "paper")
     if not train_data:
         raise FormatError(
-            "train_data: the full suites need real training data (aligned identity folders or "
-            "a folder with train.rec/train.idx); for toyfaces run `facelab bench quick`"
+            "train_data: eval_bins were given without training data (aligned identity folders "
+            "or a folder with train.rec/train.idx); give both, or neither for toy data"
         )
     root = Path(train_data)
     if not root.is_dir():
@@ -101,13 +125,6 @@ def _check_args(
     for b in bins:
         if not b.is_file():
             raise FormatError(f"eval_bins: no such file {str(b)!r}")
-    for name, v in (
-        ("max_steps", max_steps),
-        ("batch_size", batch_size),
-        ("image_size", image_size),
-    ):
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise FormatError(f"{name}: expected a positive integer, got {v!r}")
     steps = attack_steps if attack_steps is not None else (20 if small else 2000)
     if steps < 1:
         raise FormatError(f"attack_steps: expected a positive integer, got {attack_steps!r}")
@@ -123,6 +140,7 @@ def _check_args(
         small,
         progress,
         out / "work",
+        toy,
     )
 
 
@@ -367,7 +385,7 @@ def run_ppfr(
     progress: bool = True,
     train_data: str | Path | None = None,
     eval_bins: Sequence[str | Path] | None = None,
-    preset: str = "paper",
+    preset: str | None = None,
     max_steps: int | None = None,
     batch_size: int | None = None,
     image_size: int | None = None,
@@ -484,7 +502,7 @@ def run_templates(
     progress: bool = True,
     train_data: str | Path | None = None,
     eval_bins: Sequence[str | Path] | None = None,
-    preset: str = "paper",
+    preset: str | None = None,
     max_steps: int | None = None,
     batch_size: int | None = None,
     image_size: int | None = None,
@@ -650,7 +668,8 @@ def _plots(
 
 def _settings(a: FullArgs, methods: Sequence[str]) -> dict[str, Any]:
     return {
-        "train_data": str(a.train_data),
+        "train_data": str(a.train_data) if not a.toy else f"toyfaces (written to {a.train_data})",
+        "toy_data": a.toy,
         "eval_bins": [str(b) for b in a.eval_bins],
         "preset": a.preset,
         "overrides": {
@@ -672,7 +691,17 @@ def _settings(a: FullArgs, methods: Sequence[str]) -> dict[str, Any]:
 
 
 def _notes(a: FullArgs) -> list[str]:
+    toy = (
+        [
+            "toy data (no --train-data / --eval-bins given): toyfaces identity folders and a "
+            ".bin of held-out toyfaces people, written by facelab.benchmarks.toydata; "
+            f"preset {a.preset!r}"
+        ]
+        if a.toy
+        else []
+    )
     return [
+        *toy,
         "accuracy: insightface 10-fold verification on each .bin; TAR@FAR=1e-3: the ROC point of "
         "the pair scores nearest to FAR 1e-3 (method rows without scores: VAL@FAR=1e-3)",
         f"inversion attacks: trained on the images of the first half of the pairs of "
