@@ -22,7 +22,14 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     "embed": [["--model", NOPE, "--images", NOPE, "--out", "{tmp}/e.safetensors"]],
     "eval": [["--model", NOPE, "--bin", "{corrupt}"], ["--model", "x"]],
     "data": [["info", "{tmp}"], ["info", "{corrupt}"], ["pack", "{tmp}", "{tmp}/out"]],
-    "bench": [["speed", "--threads", "0"], ["ppfr", "--eval-bins", "{corrupt}"]],
+    "bench": [
+        ["speed", "--threads", "0"],
+        ["ppfr", "--eval-bins", "{corrupt}"],
+        ["quick", "--families", "nope"],
+        ["synth", "--generators", "nope"],
+        ["fl", "--families", "synth"],
+        ["tokenizer", "--toy-weights", "{tmp}"],
+    ],
     "duetface": [
         ["train", "--preset", "nope"],
         ["embed", "--model", NOPE, "--images", NOPE, "--out", "{tmp}/x"],
