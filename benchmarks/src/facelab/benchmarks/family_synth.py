@@ -155,6 +155,10 @@ def _generate(
         return f"no toy weights ({one_line(err, 200)})", {}
     if dest.exists():
         shutil.rmtree(dest)
+    # the first generator would otherwise pay the diffusion modules' import in its img/s
+    import facelab.core.diffusion.generate  # noqa: F401
+    import facelab.core.diffusion.train  # noqa: F401
+
     t0, c0 = time.perf_counter(), time.process_time()
     writer(
         weights,

@@ -20,9 +20,10 @@ in ``facelab.<name>.bench`` (these take precedence over the adapters here)::
         '''Write identity folders + manifest.json (core's generate_dataset) from the toy
         weights folder; return out_dir.'''
 
-Built-in adapters exist for the synthesis base (core) and UIFace (its toy recipe and toy
-sampling preset). SteerFace and MorphFace have none here: their packages provide the two
-functions above, or their rows say what is missing.
+Built-in adapters exist for the synthesis base (core), UIFace (its toy recipe and toy sampling
+preset) and SteerFace (its toy recipe; it samples like the base). MorphFace has none here (its
+toy recipe also needs the toy style regressor and 3DMM maps): its package provides the two
+functions above, or its row says what is missing.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def base_write(
     image_size: int,
     num_steps: int,
     progress: bool,
+    label: str = "synthesis base (core)",
 ) -> Path:
     """Core's ``generate_dataset`` with the toy generator's own contexts."""
     from facelab.core.diffusion.generate import generate_dataset
@@ -190,7 +192,7 @@ def base_write(
         seed=seed,
         image_size=image_size,
         progress=progress,
-        run_info={"generator": "synthesis base (core)", "weights": read_info(weights)},
+        run_info={"generator": label, "weights": read_info(weights)},
     )
     return Path(out_dir)
 
@@ -238,12 +240,37 @@ def uiface_write(
     return Path(out_dir)
 
 
+# --------------------------------------------------------------------------------------------
+# SteerFace (a training-time regularizer: its generator samples like the base's)
+
+
+def steerface_train(out_dir: Path, *, steps: int | None, seed: int, progress: bool) -> Path:
+    """``facelab steerface train --preset toy`` (the base's toy recipe + SteerFace's
+    regularizer) into ``out_dir``."""
+    import dataclasses
+
+    from facelab.steerface.train import steer_presets, train
+
+    cfg = steer_presets()["toy"]
+    synth = _train_config(cfg.synth, out_dir, steps, seed, progress)
+    res = train(dataclasses.replace(cfg, synth=synth))
+    _write_train_info(res.output_dir, synth, "facelab steerface train --preset toy")
+    return res.output_dir / "generator"
+
+
+def steerface_write(weights: Path, out_dir: Path, **kwargs: Any) -> Path:
+    """SteerFace steers ID vectors during training only: sampling is the base's."""
+    return base_write(weights, out_dir, label="SteerFace", **kwargs)
+
+
 GENERATORS: dict[str, GeneratorSpec] = {
     "base": GeneratorSpec(
         "base", "synthesis base (core)", "facelab.core.diffusion", base_train, base_write
     ),
     "uiface": GeneratorSpec("uiface", "UIFace", "facelab.uiface", uiface_train, uiface_write),
-    "steerface": GeneratorSpec("steerface", "SteerFace", "facelab.steerface"),
+    "steerface": GeneratorSpec(
+        "steerface", "SteerFace", "facelab.steerface", steerface_train, steerface_write
+    ),
     "morphface": GeneratorSpec("morphface", "MorphFace", "facelab.morphface"),
 }
 
