@@ -156,7 +156,7 @@ def _generate(
     if dest.exists():
         shutil.rmtree(dest)
     # the first generator would otherwise pay the diffusion modules' import in its img/s
-    import facelab.core.diffusion.generate  # noqa: F401
+    import facelab.core.diffusion.generate
     import facelab.core.diffusion.train  # noqa: F401
 
     t0, c0 = time.perf_counter(), time.process_time()
