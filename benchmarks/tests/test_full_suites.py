@@ -139,6 +139,7 @@ def test_ppfr_on_toy_data_without_paths(tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert data["settings"]["toy_data"] is True and data["settings"]["preset"] == "toy"
     assert data["notes"][0].startswith("toy data")
+    assert data["summary"].startswith("- RGB ArcFace baseline on toy_eval: accuracy")
     (row,) = [r for r in data["rows"] if r["method"].startswith("arcface")]
     assert row["status"] == "ok" and 0 <= row["accuracy"] <= 1
     (folder,) = (out / "work" / "toydata").iterdir()
@@ -151,3 +152,40 @@ def test_ppfr_on_toy_data_without_paths(tmp_path, capsys):
     assert images.shape == (2 * s.eval_pairs, 3, *size)
     assert len(issame) == s.eval_pairs and int(issame.sum()) == s.eval_pairs // 2
     assert issame[:4].tolist() == [True, False, True, False]  # alternating: every fold holds both
+
+
+def test_ppfr_claims_and_paper_shape_sizes():
+    from facelab.benchmarks import toydata
+    from facelab.benchmarks.full import CLAIM_DROP_POINTS, ppfr_claims
+    from facelab.core.recipe import paper_shape_data
+
+    rows = [
+        {"method": "arcface [lfw]", "status": "ok", "accuracy": 0.95},
+        {"method": "duetface [lfw]", "status": "ok", "accuracy": 0.931},
+        {"method": "partialface [lfw/full]", "status": "ok", "accuracy": 0.90},
+        {"method": "minusface", "status": "not built", "accuracy": math.nan},
+    ]
+    lines = ppfr_claims(rows, ["duetface", "partialface", "minusface"], "lfw").splitlines()
+    assert lines[0] == "- RGB ArcFace baseline on lfw: accuracy 0.9500"
+    assert CLAIM_DROP_POINTS == 2.0
+    assert lines[1].startswith("- DuetFace") and lines[1].endswith(": holds here")
+    assert "accuracy 0.9310, +1.9 points below" in lines[1]
+    assert "+5.0 points below" in lines[2] and lines[2].endswith(
+        "does not hold at this size or budget"
+    )
+    assert lines[3].endswith("not checked (not built)")
+    assert "no claim" in ppfr_claims(rows[1:], ["duetface"], "lfw")
+    # the paper-shape toy data is the presets' own data (core's paper_shape_data)
+    d, s = paper_shape_data(), toydata.sizes_for("paper-shape", small=False)
+    assert (s.image_size, s.identities, s.images_per_identity, s.difficulty) == (
+        d.image_size,
+        d.toy_identities,
+        d.toy_images_per_identity,
+        d.toy_difficulty,
+    )
+    assert (s.eval_identities, s.eval_images_per_identity, s.eval_pairs) == (
+        d.eval_identities,
+        d.eval_images_per_identity,
+        d.eval_pairs,
+    )
+    assert toydata.sizes_for("toy", small=True) == toydata.SMALL

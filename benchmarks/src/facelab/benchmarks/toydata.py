@@ -19,11 +19,25 @@ class ToyDataSizes:
     eval_images_per_identity: int = 8
     eval_pairs: int = 1000
     image_size: int = 56
+    difficulty: str = "default"
 
 
 #: the ArcFace toy preset's sizes (``arcface_presets()["toy"]``) and a test size
 FULL = ToyDataSizes()
 SMALL = ToyDataSizes(6, 4, 8, 4, 40, 32)
+#: ``facelab.core.recipe.paper_shape_data()``: the frequency methods' ``paper-shape`` presets
+#: (112 px, toyfaces "easy", 100 x 10 training images, 60 x 6 held-out, 600 pairs)
+PAPER_SHAPE = ToyDataSizes(100, 10, 60, 6, 600, 112, "easy")
+
+
+def sizes_for(preset: str, small: bool) -> ToyDataSizes:
+    """The toy data a preset trains on: ``paper-shape`` its 112 px set (``small``: the test
+    size at 112 px), else the ArcFace toy preset's sizes (``small``: the test size)."""
+    if preset == "paper-shape":
+        from dataclasses import replace
+
+        return replace(SMALL, image_size=112, difficulty="easy") if small else PAPER_SHAPE
+    return SMALL if small else FULL
 
 
 def write_toy_data(root: str | Path, sizes: ToyDataSizes, seed: int = 0) -> tuple[Path, Path]:
@@ -38,14 +52,19 @@ def write_toy_data(root: str | Path, sizes: ToyDataSizes, seed: int = 0) -> tupl
 
     tag = (
         f"{sizes.identities}x{sizes.images_per_identity}-{sizes.eval_identities}x"
-        f"{sizes.eval_images_per_identity}-{sizes.eval_pairs}-{sizes.image_size}px-seed{seed}"
+        f"{sizes.eval_images_per_identity}-{sizes.eval_pairs}-{sizes.image_size}px-"
+        f"{sizes.difficulty}-seed{seed}"
     )
     root = Path(root) / tag
     train = root / "train"
     path = root / "toy_eval.bin"
     if not (train / ".complete").is_file():
         ToyFaces(
-            sizes.identities, sizes.images_per_identity, size=sizes.image_size, seed=seed
+            sizes.identities,
+            sizes.images_per_identity,
+            size=sizes.image_size,
+            seed=seed,
+            difficulty=sizes.difficulty,
         ).write_folders(train, overwrite=True)
         (train / ".complete").write_text("")
     if path.is_file():
@@ -56,6 +75,7 @@ def write_toy_data(root: str | Path, sizes: ToyDataSizes, seed: int = 0) -> tupl
         size=sizes.image_size,
         seed=seed,
         identity_offset=TOY_HELDOUT_OFFSET,
+        difficulty=sizes.difficulty,
     )
     i1, i2, same = make_pairs(people, sizes.eval_pairs, seed=seed + 1)
     gen, imp = torch.nonzero(same).flatten(), torch.nonzero(~same).flatten()
