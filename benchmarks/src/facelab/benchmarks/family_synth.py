@@ -71,6 +71,7 @@ def settings(level: str, seed: int) -> dict[str, Any]:
             "image_size": 32,
             "width": 8,
             "steps": 4,
+            "batch_size": 8,
             "toy": {
                 "image_size": 32,
                 "sets": ("bupt", "cfpfp"),
@@ -111,7 +112,7 @@ def recipe(s: dict[str, Any], workdir: Path, progress: bool, image_size: int) ->
     train = TrainConfig(
         output_dir=str(workdir / "frcsyn"),
         max_steps=s["steps"],
-        batch_size=64,
+        batch_size=s.get("batch_size", 64),
         lr=0.1,
         momentum=0.9,
         weight_decay=5e-4,
@@ -171,8 +172,32 @@ def _generate(
         progress=progress,
     )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    _flatten_manifest(dest)
     n = s["identities"] * s["images_per_identity"]
     return "ok", {"wall_s": wall, "cpu_s": cpu, "images": n, "images_per_s": n / max(wall, 1e-9)}
+
+
+def _flatten_manifest(root: Path) -> None:
+    """Core's ``generate_dataset`` records the dataset's shape under ``run``; FRCSyn's manifest
+    reader looks for ``num_identities`` / ``images_per_identity`` (and ``source``) at the top
+    level. Copy them up (our own datasets only; nothing else in the file changes)."""
+    import json
+
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    changed = False
+    for key in ("num_identities", "images_per_identity"):
+        if key not in data and key in run:
+            data[key] = run[key]
+            changed = True
+    if "source" not in data:
+        data["source"] = "synthetic"
+        changed = True
+    if changed:
+        path.write_text(json.dumps(data, indent=2))
 
 
 def _samples_grid(datasets: dict[str, Path], path: Path, per_row: int = 8) -> str | None:
