@@ -72,7 +72,9 @@ def test_layout_manifest_and_resume_skips_finished(tmp_path):
     ]
     meta = json.loads((out / "000001" / "meta.json").read_text())
     assert meta["context_index"] == 1 and [r["image"] for r in meta["images"]] == [0, 1, 2, 3]
-    man = json.loads((out / "manifest.json").read_text())["run"]
+    top = json.loads((out / "manifest.json").read_text())
+    assert top["source"] == "synthetic"  # what FRCSyn's checker reads
+    man = top["run"]
     assert (
         man["num_identities"] == 3
         and man["images_per_identity"] == 4

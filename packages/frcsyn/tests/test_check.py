@@ -163,10 +163,11 @@ def test_manifest_of_the_synthesis_base(tmp_path):
     for k in range(3):
         (root / f"id{k}" / "meta.json").write_text("{}")
     (root / "contexts.safetensors").write_bytes(b"x")
+    # the layout generate_dataset writes: the run's shape under "run", the source on top
     plan = {"format_version": 1, "num_identities": 4, "images_per_identity": 2, "seed": 0}
-    (root / "manifest.json").write_text(json.dumps(plan))
+    (root / "manifest.json").write_text(json.dumps({"run": plan, "source": "synthetic"}))
     m = read_manifest(root / "manifest.json")
-    assert (m.num_images, m.num_identities, m.declares_real) == (8, 4, None)
+    assert (m.num_images, m.num_identities, m.declares_real) == (8, 4, False)
     assert count_source(root / "manifest.json").num_images == 8  # a bare JSON: the plan
     (root / ".partial-id3").mkdir()
     with pytest.raises(FormatError, match="holds 3 finished identity folders"):

@@ -172,32 +172,8 @@ def _generate(
         progress=progress,
     )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    _flatten_manifest(dest)
     n = s["identities"] * s["images_per_identity"]
     return "ok", {"wall_s": wall, "cpu_s": cpu, "images": n, "images_per_s": n / max(wall, 1e-9)}
-
-
-def _flatten_manifest(root: Path) -> None:
-    """Core's ``generate_dataset`` records the dataset's shape under ``run``; FRCSyn's manifest
-    reader looks for ``num_identities`` / ``images_per_identity`` (and ``source``) at the top
-    level. Copy them up (our own datasets only; nothing else in the file changes)."""
-    import json
-
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        return
-    data = json.loads(path.read_text())
-    run = data.get("run") if isinstance(data.get("run"), dict) else {}
-    changed = False
-    for key in ("num_identities", "images_per_identity"):
-        if key not in data and key in run:
-            data[key] = run[key]
-            changed = True
-    if "source" not in data:
-        data["source"] = "synthetic"
-        changed = True
-    if changed:
-        path.write_text(json.dumps(data, indent=2))
 
 
 def _samples_grid(datasets: dict[str, Path], path: Path, per_row: int = 8) -> str | None:

@@ -34,6 +34,8 @@ field                     meaning
                           ``"mixed"``: some are, count unknown)
 ``contains_real``         optional bool, same role as ``source``
 ``generator``             optional str, shown in reports
+``run``                   optional object: the fields above nested one level down, as core's
+                          synthesis base writes them (top-level fields win)
 ========================  ======================================================================
 
 A source without a manifest declares nothing about real images: the checker takes it as what
@@ -162,6 +164,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     if not isinstance(data, dict):
         raise FormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
     where = str(path)
+    if isinstance(data.get("run"), dict):  # core's synthesis base nests the run's shape
+        data = {**data["run"], **{k: v for k, v in data.items() if k != "run"}}
     num_images = _int_field(data, ("num_images", "images", "total_images"), where)
     num_ids = _int_field(data, ("num_identities", "num_ids", "identities"), where)
     per_id = data.get("identities")

@@ -310,7 +310,12 @@ def _prepare_out(out: Path, run: dict[str, Any], ctx: torch.Tensor, ids: list[st
     os.replace(tmp, out / CONTEXTS)
     _write_json_atomic(
         man,
-        {"run": run, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "contexts_file": CONTEXTS},
+        {
+            "run": run,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "contexts_file": CONTEXTS,
+            "source": "synthetic",  # every image is generated (read by FRCSyn's checker)
+        },
     )
 
 
