@@ -108,6 +108,11 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["train", "--preset", "nope"],
         ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
         ["eval", "--dataset", "{tmp}"],
+    "steerface": [
+        ["train", "--preset", "toy", "--steer.theta-mean", "200"],
+        ["train", "--preset", "toy", "--steer.mode", "nope"],
+        ["train", "--preset", "toy", "--synth.data.source", NOPE],
+        ["eval", "--dataset", NOPE, "--recognizer", NOPE],
     ],
 }
 
