@@ -68,3 +68,19 @@ def test_config_bad_values():
         TendencyToyConfig(correlation=1.5)
     with pytest.raises(FacelabError, match="image_size"):
         TendencyToyConfig(image_size=12)
+
+
+def test_bench_summary_mean_and_sample_std():
+    from facelab.steerface.bench import TendencyBenchConfig, markdown_table, summarize
+
+    rows = [
+        {"mode": "off", "tv_identity_mean": 0.2},
+        {"mode": "off", "tv_identity_mean": 0.4},
+        {"mode": "adaptive", "tv_identity_mean": 0.1},
+    ]
+    s = summarize(rows)
+    assert s[0]["mode"] == "off" and s[0]["tv_identity_mean"][0] == pytest.approx(0.3)
+    assert s[0]["tv_identity_mean"][1] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert "| adaptive | 1 | 0.100 ± 0.000 |" in markdown_table(rows)
+    with pytest.raises(FacelabError, match="modes"):
+        TendencyBenchConfig(modes=("random",))
