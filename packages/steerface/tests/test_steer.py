@@ -2,6 +2,7 @@
 against a brute-force reference (explicit orthonormal basis of the complement), the redraw path,
 gradients, and bad input."""
 
+import importlib
 import math
 
 import numpy as np
@@ -18,8 +19,10 @@ from facelab.core.errors import (
     ShapeError,
     ZeroVectorError,
 )
-from facelab.steerface import steer as steer_mod
 from facelab.steerface.steer import default_unit_tol, steer, steer_reference
+
+# the module (the package attribute `steer` is the function)
+steer_mod = importlib.import_module("facelab.steerface.steer")
 
 
 def unit_rows(n, d, seed=0, dtype=torch.float32):
