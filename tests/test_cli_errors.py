@@ -108,10 +108,13 @@ BAD_INPUT: dict[str, list[list[str]]] = {
         ["train", "--preset", "nope"],
         ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
         ["eval", "--dataset", "{tmp}"],
+    ],
     "steerface": [
+        ["train", "--preset", "nope"],
         ["train", "--preset", "toy", "--steer.theta-mean", "200"],
         ["train", "--preset", "toy", "--steer.mode", "nope"],
         ["train", "--preset", "toy", "--synth.data.source", NOPE],
+        ["sample", "--generator", NOPE, "--out", "{tmp}/o"],
         ["eval", "--dataset", NOPE, "--recognizer", NOPE],
     ],
 }
