@@ -176,14 +176,14 @@ def test_summaries_judge_the_paper_claims():
 
 @pytest.mark.skipif(not families.installed("facelab.frcsyn"), reason="facelab-frcsyn absent")
 def test_generated_manifest_readable_by_frcsyn(tmp_path):
-    """Core's generate_dataset keeps the dataset's shape under 'run'; after the synthesis
-    section's fix-up FRCSyn's own reader counts the images and calls the data synthetic."""
+    """A dataset core's generate_dataset writes (shape under 'run', source on top) is counted
+    and called synthetic by FRCSyn's own reader, with no rewrite of the manifest."""
     from facelab.frcsyn import read_manifest
 
-    core_layout = {"contexts_file": "c.safetensors", "run": {"num_identities": 4}}
-    core_layout["run"]["images_per_identity"] = 3
+    core_layout = {"contexts_file": "c.safetensors", "source": "synthetic", "run": {}}
+    core_layout["run"].update(num_identities=4, images_per_identity=3)
     (tmp_path / "manifest.json").write_text(json.dumps(core_layout))
-    family_synth._flatten_manifest(tmp_path)
+    before = (tmp_path / "manifest.json").read_text()
     m = read_manifest(tmp_path / "manifest.json")
     assert m.num_images == 12 and m.num_identities == 4 and m.declares_real is False
-    assert json.loads((tmp_path / "manifest.json").read_text())["source"] == "synthetic"
+    assert (tmp_path / "manifest.json").read_text() == before
