@@ -33,6 +33,12 @@ def main() -> None:
     ap.add_argument("--recognizer-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--no-clip-sample",
+        dest="clip_sample",
+        action="store_false",
+        help="sample without clipping the predicted x0 (the reference's latent-space setting)",
+    )
+    ap.add_argument(
         "--checkpoint",
         default=None,
         help="evaluate the EMA weights of this trainer checkpoint (RUN/checkpoints/step_N) "
@@ -69,10 +75,14 @@ def main() -> None:
             image_size=cfg.data.image_size,
             num_steps=args.sampling_steps,
             guidance_scale=args.guidance_scale,
+            clip_sample=args.clip_sample,
         )
     else:
         sampler = load_generator(
-            run, num_steps=args.sampling_steps, guidance_scale=args.guidance_scale
+            run,
+            num_steps=args.sampling_steps,
+            guidance_scale=args.guidance_scale,
+            clip_sample=args.clip_sample,
         )
     t = time.time()
     rep = toy_identity_report(

@@ -18,6 +18,7 @@ from facelab.core.diffusion import (
     random_identities,
 )
 from facelab.core.errors import (
+    FacelabTypeError,
     NonFiniteError,
     RangeError,
     ShapeError,
@@ -58,7 +59,7 @@ class Analytic(nn.Module):
         return 0.1 * x + 0.05 * c.view(b, 1, 1, 1) + 0 * self.w
 
 
-def hand_ddim(eps_fn, x, steps=50, alpha_prev="diffusers"):
+def hand_ddim(eps_fn, x, steps=50, alpha_prev="diffusers", clip=False):
     """DDIM, eta 0, from numpy: betas linspace(1e-4, 0.02, 1000), leading spacing."""
     betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
     ab = np.cumprod(1 - betas)
@@ -73,12 +74,44 @@ def hand_ddim(eps_fn, x, steps=50, alpha_prev="diffusers"):
             a_prev = 1.0 if prev < 0 else a_prev
         e = eps_fn(x.float(), t).double()
         x0 = (x - np.sqrt(1 - ab[t]) * e) / np.sqrt(ab[t])
+        if clip:
+            x0 = x0.clamp(-1, 1)
         x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * e
     return x.float()
 
 
 def _ctx(b, seed=0):
     return random_identities(b, 4, seed)
+
+
+@pytest.mark.parametrize("alpha_prev", ["diffusers", "reference"])
+def test_clip_sample_clips_each_predicted_x0_like_a_hand_loop(alpha_prev):
+    """clip_sample=True: x0 clipped to [-1, 1] at every step, the model's eps kept (diffusers'
+    rule), for both previous-alpha conventions; off by default, as in the reference."""
+    ctx, noise = _ctx(3), 3 * torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    c = ctx.mean(1).view(3, 1, 1, 1)
+
+    def eps(x, t):  # guidance 0: the conditional branch only
+        return 0.1 * x + 0.05 * c
+
+    def run(clip):
+        kw = {} if clip is None else {"clip_sample": clip}
+        s = IdentitySampler(
+            Analytic(), image_size=4, num_steps=20, guidance_scale=0.0, alpha_prev=alpha_prev, **kw
+        )
+        return s, s.sample(ctx, noise=noise).latents
+
+    s, clipped = run(True)
+    assert s.settings()["clip_sample"] is True
+    assert torch.allclose(clipped, hand_ddim(eps, noise, 20, alpha_prev, clip=True), atol=1e-5)
+    s, plain = run(None)
+    assert s.settings()["clip_sample"] is False
+    unclipped = hand_ddim(eps, noise, 20, alpha_prev)
+    assert unclipped.abs().max() > 10  # the case where clipping matters ...
+    assert torch.allclose(plain, unclipped.clamp(-1, 1), atol=1e-5)  # (outputs are clamped)
+    assert (plain - clipped).abs().max() > 0.1  # ... and changes the samples
+    with pytest.raises(FacelabTypeError, match="clip_sample: expected a bool"):
+        run("yes")
 
 
 @pytest.mark.parametrize("alpha_prev", ["diffusers", "reference"])

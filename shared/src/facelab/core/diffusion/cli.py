@@ -45,6 +45,8 @@ class SampleArgs:
     guidance_scale: float = 1.0
     guidance_form: Literal["reference", "diffusers"] = "reference"
     alpha_prev: Literal["diffusers", "reference"] = "diffusers"
+    clip_sample: bool = False
+    """clip each step's predicted x0 to [-1, 1] (turn on for pixel-space generators)"""
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     progress: bool = True
@@ -123,6 +125,7 @@ def sample_command(args: SampleArgs):
         guidance_scale=args.guidance_scale,
         guidance_form=args.guidance_form,
         alpha_prev=args.alpha_prev,
+        clip_sample=args.clip_sample,
     )
     from accelerate import PartialState
 

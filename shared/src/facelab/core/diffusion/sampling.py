@@ -51,14 +51,17 @@ def make_scheduler(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     alpha_prev: Literal["diffusers", "reference"] = "diffusers",
+    clip_sample: bool = False,
 ) -> DDIMScheduler:
-    """The reference's DDPM schedule as a diffusers ``DDIMScheduler``."""
+    """The reference's DDPM schedule as a diffusers ``DDIMScheduler``. ``clip_sample`` clips
+    each step's predicted x0 to [-1, 1] (off in the reference, which samples latents; worth
+    turning on for pixel-space generators: see the core README's toy preset)."""
     kwargs = dict(
         num_train_timesteps=num_train_timesteps,
         beta_start=beta_start,
         beta_end=beta_end,
         beta_schedule="linear",
-        clip_sample=False,
+        clip_sample=bool(clip_sample),
         set_alpha_to_one=True,
         steps_offset=0,
         timestep_spacing="leading",
@@ -87,6 +90,9 @@ class ReferenceDDIMScheduler(DDIMScheduler):
             a_prev = torch.tensor(1.0)
         a_t, a_prev = a_t.to(sample.device, sample.dtype), a_prev.to(sample.device, sample.dtype)
         x0 = (sample - (1 - a_t).sqrt() * model_output) / a_t.sqrt()
+        if self.config.clip_sample:
+            r = float(self.config.clip_sample_range)
+            x0 = x0.clamp(-r, r)
         prev_sample = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * model_output
         from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
@@ -238,6 +244,8 @@ class IdentitySampler:
         num_steps: DDIM steps (1 .. T); eta: DDIM eta in [0, 1].
         guidance_scale: default per-sample scale; ``guidance_form`` its form.
         alpha_prev: "diffusers" or "reference" (see the module docstring).
+        clip_sample: clip each step's predicted x0 to [-1, 1] (default off, as the reference,
+            which samples VQ latents; pixel-space generators sample much better with it on).
     """
 
     def __init__(
@@ -254,6 +262,7 @@ class IdentitySampler:
         num_train_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        clip_sample: bool = False,
     ) -> None:
         from facelab.core.diffusion.autoencoder import PixelAutoencoder
 
@@ -280,7 +289,15 @@ class IdentitySampler:
         self.guidance_form = guidance_form
         self.guidance_scale = check_guidance(guidance_scale, guidance_form)
         self.alpha_prev = alpha_prev
-        self.scheduler = make_scheduler(num_train_timesteps, beta_start, beta_end, alpha_prev)  # type: ignore[arg-type]
+        if not isinstance(clip_sample, bool):
+            raise FacelabTypeError(f"clip_sample: expected a bool, got {clip_sample!r}")
+        self.scheduler = make_scheduler(
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            alpha_prev,  # type: ignore[arg-type]
+            clip_sample=clip_sample,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -299,6 +316,7 @@ class IdentitySampler:
             "guidance_scale": self.guidance_scale,
             "guidance_form": self.guidance_form,
             "alpha_prev": self.alpha_prev,
+            "clip_sample": bool(self.scheduler.config.clip_sample),
             "timestep_spacing": "leading",
             "num_train_timesteps": int(self.scheduler.config.num_train_timesteps),
             "beta_start": float(self.scheduler.config.beta_start),
