@@ -146,11 +146,15 @@ def measured(run, baseline):
 def test_cross_subset_matching_works_near_the_rgb_baseline(run, measured):
     m = measured
     print({k: round(v, 3) for k, v in m.items()})
-    # measured at seed 7 (PF_STEPS above); the distribution over seeds x threads comes from
-    # scripts/calibrate_claims.py partialface-run
+    # Calibration (`uv run python scripts/calibrate_claims.py partialface-run`; the test's seed
+    # and seeds 1-4 x torch threads 1 and 2, 8 of the 10 runs finished), min..max:
+    #   baseline 0.853..0.890, same 0.821..0.864, cross 0.750..0.810, cross_gap 0.043..0.140,
+    #   same_gap -0.011..0.062, cross_min_challenge 0.723..0.793, protocol 0.767..0.810.
+    # Bounds sit >= 0.05 below (above for the gaps) the worst run; chance is 0.5 and 900 pooled
+    # pairs give a std of ~0.015 on one accuracy.
     assert m["baseline"] > 0.7  # the budget is enough to learn toyfaces at all
-    assert m["same"] > 0.75 and m["cross"] > 0.7  # chance is 0.5; 900 pooled pairs: std ~0.015
-    assert m["cross_gap"] < 0.15 and m["same_gap"] < 0.12
+    assert m["same"] > 0.75 and m["cross"] > 0.68
+    assert m["cross_gap"] < 0.2 and m["same_gap"] < 0.12  # cross_gap was < 0.15: 0.010 margin
     assert m["cross_min_challenge"] > 0.65
     # the subsets really differ in the cross-subset pairs
     res = run.verification["toy-heldout"]
