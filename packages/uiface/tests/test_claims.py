@@ -10,15 +10,20 @@ involves no model). The pixel toy model samples with x0 clipping to [-1, 1] (dif
 ``clip_sample``, standard for pixel-space DDPM; the paper samples VQ-f4 latents without it),
 identical for both samplers: without it the 400-step model gives saturated noise.
 
-Calibration (this exact setup, model seeds 0-4, one torch thread; toy mse_th 0.01):
-diversity ratio uiface / single-stage 1.004, 1.094, 1.010, 1.026, 1.017 (mean 1.030); identity
-accuracy difference uiface - single-stage -0.031, -0.125, 0.000, +0.031, -0.031 (single-stage
-0.69-0.97); adaptive switch fraction 0.47, 0.41, 0.59, 0.50, 0.41. The two-thread leg trained
-the same five models but did not finish sampling before the session's deadline (see the report).
-The gain is real on every seed but small (seed 0, the one trained here: +0.4 %), too small to
-assert strictly across CPUs; the test asserts the direction with a 2 % tolerance (worst seen
-1.004 -> clears 0.98 by 2.4 %) and the identity within 0.2 (worst seen -0.125), and the README
-states the strict claim as reproduced on 5 of 5 seeds at one thread, by a small margin.
+Calibration (this exact setup, model seeds 0-4 = ``torch.manual_seed`` and the training
+generator's seed; toy mse_th 0.01):
+- one torch thread: diversity ratio uiface / single-stage 1.004, 1.094, 1.010, 1.026, 1.017
+  (mean 1.030); identity accuracy difference uiface - single-stage -0.031, -0.125, 0.000,
+  +0.031, -0.031 (single-stage 0.69-0.97); adaptive switch fraction 0.47, 0.41, 0.59, 0.50, 0.41.
+- two torch threads (``torch.set_num_threads(2)``): diversity ratio 1.014, 1.031, 1.037, 0.992,
+  1.005 (mean 1.016); identity accuracy difference 0.000, -0.062, +0.031, +0.031, 0.000
+  (single-stage 0.66-0.94); adaptive switch fraction 0.69, 0.34, 0.50, 0.50, 0.50.
+The gain is small and not on every run (9 of 10 runs > 1; worst 0.992, two threads, seed 3);
+seed 0, the one trained here, gave 1.004 / 1.014. So the test asserts non-inferiority with a
+3 % tolerance (ratio > 0.97: the worst of the 10 runs clears it by 2.2 %), identity accuracy
+within 0.2 of single-stage (worst seen -0.125), single-stage accuracy > 0.5 (worst 0.656) and
+20-80 % adaptive switches (seen 0.34-0.69); the README states the strict claim as reproduced
+on 9 of 10 runs, by a small margin.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ def test_two_stage_with_injection_is_more_diverse_at_equal_identity(toy):
     base, ctx, means = toy
     div_single, acc_single, _ = _measure(base, ctx, means, "single-stage")
     div_ui, acc_ui, out = _measure(base, ctx, means, "uiface")
-    assert div_ui / div_single > 0.98, (div_ui, div_single)
+    assert div_ui / div_single > 0.97, (div_ui, div_single)
     assert acc_ui >= acc_single - 0.2, (acc_ui, acc_single)
     assert acc_single > 0.5  # the model did learn the identities
     # the toy switch threshold: some samples switch early by the map rule, not all at step_th
