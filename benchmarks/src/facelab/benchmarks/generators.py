@@ -159,10 +159,12 @@ def toy_contexts(weights: Path, identities: int) -> Any:
 
 
 def load_toy_sampler(weights: Path, num_steps: int) -> Any:
-    """Core's ``IdentitySampler`` of an exported toy generator, in float32."""
+    """Core's ``IdentitySampler`` of an exported toy generator, in float32. The toy generators
+    work in pixel space, so each step's predicted x0 is clipped to [-1, 1] (``clip_sample``;
+    the base's toy generator: 26.6 % identification with it, 7.3 % without, chance 4.2 %)."""
     from facelab.core.diffusion.train import load_generator
 
-    sampler = load_generator(weights, num_steps=num_steps)
+    sampler = load_generator(weights, num_steps=num_steps, clip_sample=True)
     sampler.denoiser.float()
     return sampler
 
