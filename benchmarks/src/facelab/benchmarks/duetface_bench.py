@@ -19,20 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelab.benchmarks.timing import measure
+from facelab.benchmarks.timing import speed_row as _row
 
 SIZE = 112
-
-
-def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
-    return {
-        "benchmark": bench,
-        "ours": ours,
-        "reference": ref,
-        "ours/s": ours_s,
-        "reference/s": ref_s,
-        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
-        "note": note,
-    }
 
 
 def reference_roi(landmarks: np.ndarray, size: int = SIZE) -> np.ndarray:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from facelab.benchmarks.timing import speed_row as _row
+
 
 def measure(fn, repeat: int = 2, warmup: int = 1) -> float:
     """Median CPU seconds of ``fn()`` (this process) over ``repeat`` runs after ``warmup``."""
@@ -33,18 +35,6 @@ def measure(fn, repeat: int = 2, warmup: int = 1) -> float:
         fn()
         times.append(time.process_time() - t0)
     return statistics.median(times)
-
-
-def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
-    return {
-        "benchmark": bench,
-        "ours": ours,
-        "reference": ref,
-        "ours/s": ours_s,
-        "reference/s": ref_s,
-        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
-        "note": note,
-    }
 
 
 def _codes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,38 +13,17 @@ share of a training step.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
+from facelab.benchmarks.timing import interleaved_cpu_times
+from facelab.benchmarks.timing import speed_row as _row
 
-def _cpu_times(fns: list, repeat: int, warmup: int = 1) -> list[float]:
-    """Median CPU seconds of each function, timed in turns (a busy machine's waiting time is
-    not counted)."""
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, f in enumerate(fns):
-            t0 = time.process_time()
-            f()
-            times[i].append(time.process_time() - t0)
-    return [float(np.median(t)) for t in times]
-
-
-def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
-    return {
-        "benchmark": bench,
-        "ours": ours,
-        "reference": ref,
-        "ours/s": ours_s,
-        "reference/s": ref_s,
-        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
-        "note": note,
-    }
+_cpu_times = functools.partial(interleaved_cpu_times, warmup=1)
+"""Median CPU seconds of each function, timed in turns (see ``interleaved_cpu_times``)."""
 
 
 def _screens(batch: int, size: int = 112):

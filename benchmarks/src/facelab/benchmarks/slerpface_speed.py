@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from facelab.benchmarks.timing import measure
+from facelab.benchmarks.timing import speed_row as _row
 
 GROUPS, GROUP_SIZE = 49, 16
 ALPHA, DROP_RATE, GAP_BASE = 0.9, 0.5, 8
@@ -61,18 +62,6 @@ def reference_match(g: np.ndarray, q: np.ndarray, w: np.ndarray, k: np.ndarray) 
             s += float(np.dot(r / np.linalg.norm(r), g[b, i]))
         scores[b] = s
     return scores
-
-
-def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
-    return {
-        "benchmark": bench,
-        "ours": ours,
-        "reference": ref,
-        "ours/s": ours_s,
-        "reference/s": ref_s,
-        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
-        "note": note,
-    }
 
 
 def _gallery(n: int, chunk: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,38 +15,17 @@ Rows: rows (or steps) per CPU second of this process on one thread, timed in tur
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from typing import Any
 
-import numpy as np
 import torch
 
+from facelab.benchmarks.timing import interleaved_cpu_times
+from facelab.benchmarks.timing import speed_row as _row
 
-def _interleaved(fns: list, repeat: int, warmup: int = 2) -> list[float]:
-    """Median CPU seconds of each function, timed in turns (f0, f1, ..., f0, f1, ...)."""
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, f in enumerate(fns):
-            t0 = time.process_time()
-            f()
-            times[i].append(time.process_time() - t0)
-    return [float(np.median(t)) for t in times]
-
-
-def _row(bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str) -> dict[str, Any]:
-    return {
-        "benchmark": bench,
-        "ours": ours,
-        "reference": ref,
-        "ours/s": ours_s,
-        "reference/s": ref_s,
-        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
-        "note": note,
-    }
+_interleaved = functools.partial(interleaved_cpu_times, warmup=2)
+"""Median CPU seconds of each function, timed in turns (see ``interleaved_cpu_times``)."""
 
 
 def steer_rows(n: int, d: int = 512, repeat: int = 5) -> list[dict[str, Any]]:

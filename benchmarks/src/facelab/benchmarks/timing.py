@@ -34,6 +34,40 @@ def measure(
     return statistics.median(times)
 
 
+def interleaved_cpu_times(
+    fns: list[Callable[[], Any]], repeat: int, warmup: int = 1
+) -> list[float]:
+    """Median CPU seconds of this process for each function, timed in turns (f0, f1, ..., f0,
+    f1, ...): CPU time does not count the time a busy machine keeps the process waiting, and
+    the turns let both sides of a ratio see the same machine state."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, f in enumerate(fns):
+            t0 = time.process_time()
+            f()
+            times[i].append(time.process_time() - t0)
+    return [float(statistics.median(t)) for t in times]
+
+
+def speed_row(
+    bench: str, ours: str, ref: str, ours_s: float, ref_s: float, note: str
+) -> dict[str, Any]:
+    """One row of the speed table (``facelab.benchmarks.speed.COLUMNS``): rates of ours and
+    the reference (per second) and their ratio."""
+    return {
+        "benchmark": bench,
+        "ours": ours,
+        "reference": ref,
+        "ours/s": ours_s,
+        "reference/s": ref_s,
+        "speedup": ours_s / ref_s if ref_s > 0 else float("nan"),
+        "note": note,
+    }
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
     import resource
