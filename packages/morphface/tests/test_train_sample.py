@@ -64,7 +64,10 @@ def test_training_step_updates_encoder_and_saves(trained):
     # at exactly 0 and moves only if gradients reach the encoder (EMA copy included)
     assert res.encoder.position.abs().max() > 0
     assert torch.isfinite(res.encoder.position).all()
-    for name in ("denoiser", "style_encoder", "3dmm.safetensors", "morphface.json"):
+    # the base's generator folder (its loop wrote it; the encoder as its extra conditioner)
+    # plus MorphFace's 3DMM and settings
+    files = ("denoiser", "generator.json", "extra_conditioner.safetensors", "3dmm.safetensors")
+    for name in (*files, "morphface.json"):
         assert (out / "generator" / name).exists()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
 

@@ -1,4 +1,4 @@
-"""MorphFace's training recipe on the core ``Trainer``: the base denoiser + the style encoder.
+"""MorphFace's training recipe on the base's training loop: the base denoiser + the style encoder.
 
 Each step (epsilon-prediction DDPM, the base's schedule): the batch's 3DMM parameters are
 rendered (normals, albedo, Lambertian rendering; the vectorized rasterizer, in the loss function
@@ -8,11 +8,11 @@ noisy latents, the ID vector (dropped with the denoiser's own ``unconditioned_pr
 element-wise context dropout) and the style tokens appended to its ID tokens. EMA (diffusers
 ``EMAModel``, the base's schedule) covers the denoiser and the encoder.
 
-Why a loop of our own and not the base's ``train_diffusion``: its data path carries an image and
-an ID vector per sample; MorphFace needs a third per-sample input (the style parameters) and a
-trainable module outside the ID-vector hook. This recipe reuses the base's pieces
-(``build_denoiser``, ``build_autoencoder``, ``load_embeddings``, ``EMAModel`` settings, the
-generator folder layout) and the core trainer.
+The loop is the base's ``train_diffusion`` with its per-image extra-conditioning hook: the
+dataset (:class:`StyledImages`, the base's ``SynthImages``) yields each image's style vector and
+flip flag, and :class:`StyleConditioner` (an ``ExtraConditioner``: render, mirror, encode) turns
+them into the style tokens; the base trains it jointly with the denoiser, EMA-averages and
+checkpoints it, and saves it as ``generator/extra_conditioner.safetensors``.
 
 ``use_style=False`` trains the ID-only base generator with the same loop, data and recipe (the
 baseline of the claims).
@@ -25,7 +25,6 @@ by any 3DMM fitter (format: :mod:`facelab.morphface.params`), and ``style.model`
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -36,8 +35,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
+from facelab.core.diffusion.hooks import ExtraConditioner
 from facelab.core.diffusion.train import (
     TOY_UNET,
     AutoencoderConfig,
@@ -45,6 +44,7 @@ from facelab.core.diffusion.train import (
     EMAConfig,
     ReferenceUNetConfig,
     SynthDataConfig,
+    SynthImages,
 )
 from facelab.core.errors import FormatError, RangeError, ShapeError
 from facelab.core.train import TrainConfig
@@ -205,16 +205,16 @@ def load_3dmm(spec: str):
     return MorphableModel.load(spec)
 
 
-class StyledImages(Dataset):
-    """(image, ID payload, style vector, flipped) per sample."""
+class StyledImages(SynthImages):
+    """The base's training images with per-image style vectors as extra conditioning: items
+    ``(image, ID payload, style vector, flipped)`` (``(image, ID payload)`` when
+    ``use_style=False``); ``styles`` (N, D) and ``layout`` as attributes."""
 
     def __init__(self, cfg: MorphFaceConfig, model3dmm) -> None:
         from facelab.morphface.params import StyleLayout, load_params
 
         d = cfg.data
-        self.cfg = d
-        self.u8: torch.Tensor | None = None
-        self.paths: list[Path] = []
+        params = None
         if d.source == "toyfaces":
             from facelab.morphface.toy import StyledToyFaces
 
@@ -229,30 +229,10 @@ class StyledImages(Dataset):
             u8 = toy.materialize(torch.uint8)
             if u8.shape[-1] != d.image_size:
                 u8 = _resize_u8(u8, d.image_size)
-            self.u8 = u8
-            self.labels = toy.labels.clone()
+            super().__init__(d, images=(u8, toy.labels))
             params = toy.style_params()
         else:
-            from facelab.core.data.folders import IdentityFolderDataset
-
-            src = Path(d.source)
-            if src.is_dir():
-                ds = IdentityFolderDataset(src)
-                self.paths = [p for p, _ in ds.samples]
-                self.labels = ds.labels.clone()
-                rel_paths = list(ds.relative_paths)
-            elif src.is_file():
-                lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip()]
-                if not lines:
-                    raise FormatError(f"{src}: empty image list")
-                self.paths = [src.parent / ln for ln in lines]
-                self.labels = torch.zeros(len(lines), dtype=torch.long)
-                rel_paths = lines
-            else:
-                raise FileNotFoundError(
-                    f"data.source: expected 'toyfaces', an identity-folder root or an image-list "
-                    f"file, got {d.source!r}"
-                )
+            super().__init__(d)
             if not cfg.style.params and cfg.use_style:
                 raise FormatError(
                     "style.params: real data needs a per-image 3DMM parameter file (see the README)"
@@ -262,14 +242,13 @@ class StyledImages(Dataset):
                 names = info.get("images")
                 if names is not None:
                     # rows named by image path (relative to the data source): reorder them
-                    params = params.index(_match_rows(names, rel_paths, cfg.style.params))
+                    rel = self.relative_paths or []
+                    params = params.index(_match_rows(names, rel, cfg.style.params))
                 if len(params) != len(self.labels):
                     raise ShapeError(
                         f"style.params: expected one parameter row per training image "
                         f"({len(self.labels)}), got {len(params)}"
                     )
-            else:
-                params = None
         self.layout = StyleLayout(
             model3dmm.num_shape, model3dmm.num_expression, model3dmm.num_albedo
         )
@@ -282,41 +261,8 @@ class StyledImages(Dataset):
             self.styles = params.to_vector()
         else:
             self.styles = torch.zeros(len(self.labels), self.layout.dim)
-        n = len(self.labels)
-        self.vectors: torch.Tensor | None = None
-        if d.contexts == "file":
-            from facelab.core.diffusion.train import load_embeddings
-
-            self.vectors = load_embeddings(d.embeddings, n, d.context_dim)
-        elif d.contexts == "identity":
-            from facelab.core.diffusion.identities import random_identities
-
-            table = random_identities(int(self.labels.max()) + 1, d.context_dim, d.context_seed)
-            self.vectors = table[self.labels]
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
-
-    def _image(self, i: int) -> torch.Tensor:
-        if self.u8 is not None:
-            return self.u8[i].float() / 127.5 - 1.0
-        from facelab.core.data.folders import load_image
-
-        img = load_image(self.paths[i])
-        if img.shape[-1] != self.cfg.image_size or img.shape[-2] != self.cfg.image_size:
-            img = F.interpolate(
-                img[None], size=(self.cfg.image_size,) * 2, mode="bilinear", antialias=True
-            )[0]
-        return img
-
-    def __getitem__(self, i: int):
-        i = int(i)
-        img = self._image(i)
-        flip = bool(self.cfg.flip and torch.rand(()) < 0.5)
-        if flip:
-            img = img.flip(-1)
-        payload = self.vectors[i] if self.vectors is not None else self.labels[i]
-        return img, payload, self.styles[i], torch.tensor(flip)
+        if cfg.use_style:
+            self.set_extra(self.styles)
 
 
 def _match_rows(names: list[str], rel_paths: list[str], source: str) -> torch.Tensor:
@@ -347,6 +293,30 @@ def flip_maps(maps: torch.Tensor) -> torch.Tensor:
     out = maps.flip(-1).clone()
     out[:, 0] = -out[:, 0]
     return out
+
+
+class StyleConditioner(ExtraConditioner):
+    """The base's per-image extra-conditioning hook for MorphFace: a batch of style vectors
+    -> renderings (no gradient; mirrored where the image was flipped) -> style tokens of the
+    ``encoder`` (its only parameters; null tokens with its style-dropout probability in
+    training). The renderer is not a submodule (its 3DMM is saved on its own); it follows the
+    inputs' device."""
+
+    def __init__(self, encoder: nn.Module, renderer, layout) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self._render = (renderer, layout)
+        self._device: torch.device | None = None
+
+    def forward(self, extra: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+        renderer, layout = self._render
+        with torch.no_grad():
+            if self._device != extra.device:
+                renderer.to(extra.device)
+                self._device = extra.device
+            maps = renderer.maps(layout.split(extra.float()))
+            maps = torch.where(flipped.view(-1, 1, 1, 1), flip_maps(maps), maps)
+        return self.encoder(maps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,13 +370,9 @@ def _as_synth(cfg: MorphFaceConfig):
 
 
 def train(cfg: MorphFaceConfig) -> MorphFaceTrainResult:
-    """Train the generator; write ``output_dir/generator`` (EMA weights; ``load_morphface``)
-    and ``metrics.json``."""
-    from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
-
-    from facelab.core.diffusion.train import build_autoencoder, build_denoiser
-    from facelab.core.train import Trainer
+    """Train the generator with the base's loop (``train_diffusion`` + the style conditioner);
+    write ``output_dir/generator`` (EMA weights; ``load_morphface``) and ``metrics.json``."""
+    from facelab.core.diffusion.train import build_denoiser, train_diffusion
     from facelab.morphface.render import StyleRenderer
 
     t0 = time.perf_counter()
@@ -418,119 +384,33 @@ def train(cfg: MorphFaceConfig) -> MorphFaceTrainResult:
 
         model3dmm = procedural_3dmm()
     data = StyledImages(cfg, model3dmm)
+    synth = _as_synth(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        denoiser = build_denoiser(_as_synth(cfg))
+        denoiser = build_denoiser(synth)
         encoder = build_encoder(cfg, _context_channels(cfg)) if cfg.use_style else None
-    autoencoder = build_autoencoder(cfg.autoencoder)
-    noise = DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_start=cfg.beta_start,
-        beta_end=cfg.beta_end,
-        beta_schedule="linear",
-    )
-    modules: dict[str, nn.Module] = {"denoiser": denoiser, "autoencoder": autoencoder}
-    frozen = ["autoencoder"]
+    conditioner = None
     if encoder is not None:
-        modules["style_encoder"] = encoder
-    if cfg.data.contexts == "recognizer":
-        from facelab.core.hub import from_pretrained
-
-        if not cfg.data.recognizer:
-            raise FormatError(
-                "data.recognizer: contexts='recognizer' needs a save_pretrained directory"
-            )
-        modules["recognizer"] = from_pretrained(cfg.data.recognizer)
-        frozen.append("recognizer")
-    renderer = StyleRenderer(
-        model3dmm,
-        cfg.encoder.map_size,
-        perspective_distance=cfg.renderer.perspective_distance,
-        supersample=cfg.renderer.supersample,
-    )
-    alphas = noise.alphas_cumprod
-    layout = data.layout
-    moved: dict[str, Any] = {}
-
-    def loss_fn(batch, mods, ctx):
-        images, payload, style_vec, flipped = batch
-        with torch.no_grad():
-            z = mods["autoencoder"].encode(images)
-            if cfg.data.contexts == "recognizer":
-                x = F.interpolate(
-                    images, size=(cfg.data.recognizer_size,) * 2, mode="bilinear", antialias=True
-                )
-                c = F.normalize(mods["recognizer"](x).float(), dim=1)
-            else:
-                c = payload.float()
-            tokens = None
-            if "style_encoder" in mods:
-                if moved.get("device") != z.device:
-                    renderer.to(z.device)
-                    moved["device"] = z.device
-                maps = renderer.maps(layout.split(style_vec.float()))
-                maps = torch.where(flipped.view(-1, 1, 1, 1), flip_maps(maps), maps)
-        if "style_encoder" in mods:
-            tokens = mods["style_encoder"](maps.to(z.dtype))
-        b = z.shape[0]
-        t = torch.randint(0, cfg.num_train_timesteps, (b,), device=z.device)
-        eps = torch.randn_like(z)
-        a = alphas.to(z.device)[t].view(b, 1, 1, 1)
-        x_t = a.sqrt() * z + (1 - a).sqrt() * eps
-        pred = mods["denoiser"](x_t, t, c, None, tokens)
-        return F.mse_loss(pred.float(), eps.float())
-
-    ema: EMAModel | None = None
-
-    def ema_params():
-        out = list(denoiser.parameters())
-        if encoder is not None:
-            out += list(encoder.parameters())
-        return out
-
-    def on_step(ctx) -> None:
-        if ema is not None:
-            ema.step(ema_params())
-
-    trainer = Trainer(cfg.train, modules, loss_fn, data, frozen=frozen, on_step=on_step)
-    if cfg.ema.enabled:
-        ema = EMAModel(
-            ema_params(),
-            decay=cfg.ema.max_decay,
-            min_decay=cfg.ema.min_decay,
-            use_ema_warmup=True,
-            inv_gamma=cfg.ema.inv_gamma,
-            power=cfg.ema.power,
-            foreach=True,
+        renderer = StyleRenderer(
+            model3dmm,
+            cfg.encoder.map_size,
+            perspective_distance=cfg.renderer.perspective_distance,
+            supersample=cfg.renderer.supersample,
         )
-        ema.to(trainer.accelerator.device)
-        trainer.accelerator.register_for_checkpointing(ema)
-    result = trainer.fit(resume=cfg.resume)
-    final_d = copy.deepcopy(trainer.unwrap("denoiser"))
-    final_e = copy.deepcopy(trainer.unwrap("style_encoder")) if encoder is not None else None
-    if ema is not None:
-        params = list(final_d.parameters()) + (
-            list(final_e.parameters()) if final_e is not None else []
-        )
-        ema.copy_to(params)
-    out = Path(cfg.train.output_dir)
-    if trainer.accelerator.is_main_process:
-        save_morphface(out / "generator", final_d, final_e, model3dmm, cfg)
-        summary = {
-            "steps": result.step,
-            "wall_time_s": round(time.perf_counter() - t0, 1),
-            "losses": result.losses,
-            "history": result.history,
-        }
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
-    trainer.accelerator.wait_for_everyone()
+        conditioner = StyleConditioner(encoder, renderer, data.layout)
+    res = train_diffusion(synth, denoiser=denoiser, dataset=data, extra_conditioner=conditioner)
+    final_e = res.extra_conditioner.encoder.eval() if res.extra_conditioner is not None else None
+    if _is_main_process():
+        _write_morphface_files(res.output_dir / "generator", model3dmm, cfg, final_e)
     return MorphFaceTrainResult(
-        final_d.eval(),
-        final_e.eval() if final_e is not None else None,
-        out,
-        result,
-        time.perf_counter() - t0,
+        res.denoiser, final_e, res.output_dir, res.train, time.perf_counter() - t0
     )
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,38 +424,47 @@ def save_morphface(
     model3dmm,
     cfg: MorphFaceConfig,
 ) -> Path:
-    """``denoiser/`` and ``style_encoder/`` (diffusers ``save_pretrained``), ``3dmm.safetensors``
-    and ``morphface.json`` (image size, schedule, autoencoder, renderer, guidance defaults)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    denoiser.save_pretrained(str(out / "denoiser"))
+    """The base's generator folder (``denoiser/``, ``generator.json``, the style encoder in
+    ``extra_conditioner.safetensors``) plus ``3dmm.safetensors`` and ``morphface.json`` (image
+    size, schedule, autoencoder, encoder, renderer, guidance defaults). ``train`` writes the
+    same through the base's loop."""
+    from facelab.core.diffusion.train import save_generator
+
+    conditioner = None
     if encoder is not None:
-        encoder.save_pretrained(str(out / "style_encoder"))
+        conditioner = StyleConditioner(encoder, None, None)
+    out = save_generator(directory, denoiser, _as_synth(cfg), extra_conditioner=conditioner)
+    _write_morphface_files(out, model3dmm, cfg, encoder)
+    return out
+
+
+def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) -> None:
+    out = Path(out)
     model3dmm.save(out / "3dmm.safetensors")
     doc = {
         "format": GENERATOR_FORMAT,
-        "version": 1,
-        "denoiser": type(denoiser).__name__,
+        "version": 2,
+        "denoiser": cfg.denoiser,
         "use_style": encoder is not None,
         "image_size": cfg.data.image_size,
         "num_train_timesteps": cfg.num_train_timesteps,
         "beta_start": cfg.beta_start,
         "beta_end": cfg.beta_end,
         "autoencoder": asdict(cfg.autoencoder),
+        "encoder": dict(encoder.config) if encoder is not None else None,
         "renderer": asdict(cfg.renderer),
         "guidance": asdict(cfg.guidance),
     }
     tmp = out / f".{GENERATOR_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.write_text(json.dumps(doc, indent=2, default=list))
     os.replace(tmp, out / GENERATOR_FILE)
-    return out
 
 
 def load_morphface(directory: str | os.PathLike, **kwargs: Any):
     """A :class:`~facelab.morphface.sample.MorphFaceSampler` for a folder written by
     :func:`save_morphface` (offline). ``kwargs`` override sampler settings."""
     from facelab.core.diffusion.denoiser import UNet2DConditionDenoiser
-    from facelab.core.diffusion.train import build_autoencoder
+    from facelab.core.diffusion.train import build_autoencoder, load_extra_conditioner
     from facelab.core.diffusion.unet import ConditionalUNet
     from facelab.core.errors import UnknownNameError
     from facelab.morphface.encoder import StyleEncoder
@@ -597,9 +486,14 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
         raise FormatError(
             f"{path}: expected format {GENERATOR_FORMAT!r}, got {doc.get('format')!r}"
         )
+    if doc.get("version") != 2:
+        raise FormatError(
+            f"{path}: expected version 2 (the base's generator folder + morphface.json), got "
+            f"{doc.get('version')!r}; retrain with this version"
+        )
     classes = {
-        "ConditionalUNet": ConditionalUNet,
-        "UNet2DConditionDenoiser": UNet2DConditionDenoiser,
+        "reference": ConditionalUNet,
+        "diffusers": UNet2DConditionDenoiser,
     }
     cls = classes.get(doc.get("denoiser"))
     if cls is None:
@@ -607,7 +501,8 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
     denoiser = cls.from_pretrained(str(root / "denoiser"), local_files_only=True).eval()
     encoder = None
     if doc.get("use_style", True):
-        encoder = StyleEncoder.from_pretrained(str(root / "style_encoder"), local_files_only=True)
+        encoder = StyleEncoder(**_encoder_kwargs(doc.get("encoder"), path))
+        load_extra_conditioner(root, StyleConditioner(encoder, None, None))
         encoder = encoder.eval()
     model3dmm = MorphableModel.load(root / "3dmm.safetensors")
     auto = build_autoencoder(AutoencoderConfig(**doc.get("autoencoder", {})))
@@ -634,6 +529,18 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
     return MorphFaceSampler(denoiser, encoder, renderer, auto, model3dmm=model3dmm, **settings)
 
 
+def _encoder_kwargs(config: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: expected the style encoder's settings under 'encoder'")
+    keys = ("in_channels", "map_size", "widths", "context_channels", "style_dropout_probability")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise FormatError(f"{path}: the 'encoder' settings lack {missing}")
+    kwargs = {k: config[k] for k in keys}
+    kwargs["widths"] = tuple(kwargs["widths"])
+    return kwargs
+
+
 def check_steps(n: int) -> int:
     if n < 1:
         raise RangeError(f"steps: expected a positive int, got {n}")
@@ -646,6 +553,7 @@ __all__ = [
     "MorphFaceConfig",
     "MorphFaceTrainResult",
     "RendererConfig",
+    "StyleConditioner",
     "StyleDataConfig",
     "StyledImages",
     "flip_maps",

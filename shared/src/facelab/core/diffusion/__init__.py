@@ -9,7 +9,8 @@
 * ``autoencoder``: pixel space, the LDM VQ-f4 first stage, any diffusers autoencoder folder;
 * ``attention``: controllers that record / replace pre-softmax attention logits per layer;
 * ``sampling``: ``IdentitySampler`` (DDIM, per-sample context choice and guidance per step);
-* ``hooks``: ``ContextTransform``, the conditioning hook of the training step;
+* ``hooks``: ``ContextTransform``, the conditioning hook of the training step, and
+  ``ExtraConditioner``, per-image extra conditioning as extra context tokens;
 * ``train``: the recipe on the core trainer (``SynthTrainConfig``, ``train_diffusion``,
   ``synth_presets``, ``save_generator`` / ``load_generator``);
 * ``identities``: random / recognizer-embedded / filtered "virtual" identities;
@@ -61,6 +62,9 @@ _EXPORTS: dict[str, str] = {
     "ContextTransform": "hooks",
     "ContextOutput": "hooks",
     "apply_transform": "hooks",
+    "ExtraConditioner": "hooks",
+    "apply_extra": "hooks",
+    "token_width": "hooks",
     "SynthTrainConfig": "train",
     "SynthDataConfig": "train",
     "AutoencoderConfig": "train",
@@ -69,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "EMAConfig": "train",
     "synth_presets": "train",
     "train_diffusion": "train",
+    "SynthImages": "train",
+    "load_extra_conditioner": "train",
     "build_denoiser": "train",
     "build_autoencoder": "train",
     "save_generator": "train",

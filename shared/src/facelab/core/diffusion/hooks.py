@@ -7,6 +7,10 @@ parameters train with the denoiser and are saved in checkpoints. SteerFace plugs
 recipe accepts any transform without importing the package that defines it.
 
 At sampling the transform is not applied unless ``apply_at_sampling`` is True.
+
+:class:`ExtraConditioner` is the second hook: a per-image extra input (from the dataset) turned
+into extra context tokens next to the ID tokens, trained jointly with the denoiser (MorphFace's
+3DMM style tokens are one user).
 """
 
 from __future__ import annotations
@@ -59,3 +63,73 @@ def apply_transform(
     if out.loss is not None and out.loss.dim() != 0:
         raise ShapeError(f"context transform: expected a scalar loss, got {tuple(out.loss.shape)}")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# per-image extra conditioning
+
+
+class ExtraConditioner(nn.Module):
+    """Base class of per-image extra-conditioning hooks: a per-image input -> extra context
+    tokens appended to the ID tokens in every cross-attention layer (the denoisers'
+    ``extra_context``).
+
+    Used by :func:`~facelab.core.diffusion.train.train_diffusion` (``extra_conditioner=``) with a
+    dataset that yields ``(image, payload, extra, flipped)`` per sample (:class:`~facelab.core.
+    diffusion.train.SynthImages` with ``extra=``): ``extra`` is any tensor (or dict of tensors)
+    of a fixed shape per image, collated into a batch; ``flipped`` (B,) bool says which images
+    the data augmentation mirrored left-right (a conditioner whose input has a handedness, e.g.
+    rendered maps or landmarks, mirrors it; others ignore it).
+
+    ``forward(extra, flipped)`` returns tokens (B, N, C) with C the denoiser's token width
+    (:func:`token_width`). The conditioner trains jointly with the denoiser (through the
+    denoising loss), is averaged by the same EMA, checkpointed with the trainer's state, and
+    saved as ``generator/extra_conditioner.safetensors`` (:func:`~facelab.core.diffusion.train.
+    load_extra_conditioner` loads it into a module of the same architecture). Dropping the
+    condition in training (classifier-free guidance) is the conditioner's own business (e.g.
+    learned null tokens with some probability in train mode).
+    """
+
+    def forward(self, extra, flipped: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError("ExtraConditioner subclasses implement forward(extra, flipped)")
+
+
+def token_width(denoiser: nn.Module) -> int | None:
+    """The width C of the denoiser's cross-attention tokens (None when it is not known)."""
+    config = getattr(denoiser, "config", None)
+    for key in ("context_channels", "cross_attention_dim"):
+        value = getattr(config, key, None) if config is not None else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def apply_extra(
+    conditioner: nn.Module | None,
+    extra,
+    flipped: torch.Tensor,
+    batch: int,
+    width: int | None,
+) -> torch.Tensor | None:
+    """Run an extra conditioner and check its tokens: a (batch, N, width) tensor."""
+    from facelab.core.errors import FacelabTypeError, ShapeError
+
+    if conditioner is None:
+        return None
+    tokens = conditioner(extra, flipped)
+    if not isinstance(tokens, torch.Tensor):
+        raise FacelabTypeError(
+            f"extra conditioner: expected a tensor of tokens (B, N, C), got {type(tokens).__name__}"
+        )
+    want = f"({batch}, N, {width if width is not None else 'C'})"
+    if (
+        tokens.dim() != 3
+        or tokens.shape[0] != batch
+        or tokens.shape[1] < 1
+        or (width is not None and tokens.shape[2] != width)
+    ):
+        raise ShapeError(
+            f"extra conditioner: expected tokens of shape {want} (batch, tokens, the denoiser's "
+            f"token width), got {tuple(tokens.shape)}"
+        )
+    return tokens

@@ -13,7 +13,10 @@ trainer's state so a resumed run continues exactly. ID vectors come from
 * ``contexts="identity"``: one fixed random unit vector per identity label (toy runs: ours).
 
 A conditioning hook (``ContextTransform``) given to :func:`train_diffusion` transforms the ID
-vectors before the denoiser and may add a loss term; it trains with the denoiser.
+vectors before the denoiser and may add a loss term; it trains with the denoiser. Per-image
+extra conditioning (``ExtraConditioner`` + a dataset yielding a per-image extra input, e.g.
+:class:`SynthImages` with ``extra=``) adds context tokens next to the ID tokens, trained jointly,
+EMA-averaged and saved with the denoiser (``extra_conditioner.safetensors``).
 
 Presets: ``paper`` (the reference: UNet 96 x [1, 2, 2, 2] in the VQ-f4 latent space of 128 px
 CASIA-WebFace with flips, Adam 1e-4, cosine warm restarts T_0 10k x2, batch 64 per GPU, fp16,
@@ -34,11 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from facelab.core.diffusion.hooks import apply_transform
-from facelab.core.errors import FormatError, RangeError, ShapeError, UnknownNameError
+from facelab.core.diffusion.hooks import apply_extra, apply_transform, token_width
+from facelab.core.errors import (
+    FormatError,
+    KeyMismatchError,
+    RangeError,
+    ShapeError,
+    UnknownNameError,
+)
 
 GENERATOR_FILE = "generator.json"
 GENERATOR_FORMAT = "facelab-generator"
+EXTRA_CONDITIONER_FILE = "extra_conditioner.safetensors"
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,15 +251,39 @@ TOY_STEPS = 1500
 # data
 
 
-class _Images(Dataset):
-    """Images (uint8 cache for toyfaces, files otherwise) with flips, plus a per-sample
-    payload: a context vector (file / identity contexts) or the label (recognizer contexts)."""
+class SynthImages(Dataset):
+    """The training images (uint8 cache for toyfaces, files otherwise) with flips, plus a
+    per-sample payload: a context vector (file / identity contexts) or the label (recognizer
+    contexts). Items are ``(image, payload)``; with per-image extra conditioning (``extra``,
+    see :class:`~facelab.core.diffusion.hooks.ExtraConditioner`) ``(image, payload, extra,
+    flipped)``, ``flipped`` a 0-d bool tensor (the image was mirrored left-right).
 
-    def __init__(self, cfg: SynthDataConfig) -> None:
+    ``images``: ``(uint8 images (N, 3, H, W), labels (N,))`` built by the caller (e.g. a toy set
+    of its own) instead of ``cfg.source``; ``extra``: a tensor or a dict of tensors with one row
+    per image (image order: the list's lines, the folder dataset's sorted order, ``images``);
+    :meth:`set_extra` sets it later (``relative_paths`` names the images of file sources).
+    """
+
+    def __init__(
+        self,
+        cfg: SynthDataConfig,
+        *,
+        images: tuple[torch.Tensor, torch.Tensor] | None = None,
+        extra: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.u8: torch.Tensor | None = None
         self.paths: list[Path] = []
-        if cfg.source == "toyfaces":
+        self.relative_paths: list[str] | None = None
+        if images is not None:
+            u8, labels = images
+            if u8.dtype != torch.uint8 or u8.dim() != 4 or labels.shape != (u8.shape[0],):
+                raise ShapeError(
+                    f"images: expected uint8 (N, C, H, W) images and (N,) labels, got "
+                    f"{u8.dtype} {tuple(u8.shape)} and {tuple(labels.shape)}"
+                )
+            self.u8, self.labels = u8, labels.long().clone()
+        elif cfg.source == "toyfaces":
             from facelab.core.data.toyfaces import ToyFaces
 
             toy = ToyFaces(
@@ -269,12 +303,14 @@ class _Images(Dataset):
                 ds = IdentityFolderDataset(src)
                 self.paths = [p for p, _ in ds.samples]
                 self.labels = ds.labels.clone()
+                self.relative_paths = list(ds.relative_paths)
             elif src.is_file():
                 lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip()]
                 if not lines:
                     raise FormatError(f"{src}: empty image list")
                 self.paths = [src.parent / ln for ln in lines]
                 self.labels = torch.zeros(len(lines), dtype=torch.long)
+                self.relative_paths = lines
             else:
                 raise FileNotFoundError(
                     f"data.source: expected 'toyfaces', an identity-folder root or an image-list "
@@ -289,6 +325,23 @@ class _Images(Dataset):
 
             table = random_identities(int(self.labels.max()) + 1, cfg.context_dim, cfg.context_seed)
             self.vectors = table[self.labels]
+        self.extra: torch.Tensor | dict[str, torch.Tensor] | None = None
+        if extra is not None:
+            self.set_extra(extra)
+
+    def set_extra(self, extra: torch.Tensor | dict[str, torch.Tensor] | None) -> None:
+        """Per-image extra conditioning: a tensor or dict of tensors, one row per image."""
+        n = len(self)
+        parts = extra.items() if isinstance(extra, dict) else [("extra", extra)]
+        if extra is not None:
+            for name, value in parts:
+                if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != n:
+                    got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                    raise ShapeError(
+                        f"extra conditioning {name!r}: expected a tensor with one row per "
+                        f"training image ({n}), got {got}"
+                    )
+        self.extra = extra
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -306,11 +359,19 @@ class _Images(Dataset):
         return img
 
     def __getitem__(self, i: int):
-        img = self._image(int(i))
-        if self.cfg.flip and torch.rand(()) < 0.5:
+        i = int(i)
+        img = self._image(i)
+        flipped = bool(self.cfg.flip and torch.rand(()) < 0.5)
+        if flipped:
             img = img.flip(-1)
         payload = self.vectors[i] if self.vectors is not None else self.labels[i]
-        return img, payload
+        if self.extra is None:
+            return img, payload
+        if isinstance(self.extra, dict):
+            extra = {k: v[i] for k, v in self.extra.items()}
+        else:
+            extra = self.extra[i]
+        return img, payload, extra, torch.tensor(flipped)
 
 
 def load_embeddings(path: str, n: int, dim: int) -> torch.Tensor:
@@ -386,6 +447,7 @@ class SynthTrainResult:
     output_dir: Path
     train: Any
     wall_time: float
+    extra_conditioner: nn.Module | None = None  # EMA weights when EMA is on
 
 
 def train_diffusion(
@@ -393,12 +455,20 @@ def train_diffusion(
     context_transform: nn.Module | None = None,
     *,
     denoiser: nn.Module | None = None,
+    dataset: Dataset | None = None,
+    extra_conditioner: nn.Module | None = None,
 ) -> SynthTrainResult:
     """Train the generator; write ``output_dir/generator`` (EMA weights, loadable with
     :func:`load_generator`) and ``metrics.json``.
 
     ``context_transform``: a conditioning hook (trains with the denoiser, saved next to it);
-    ``denoiser``: a prebuilt denoiser instead of the one the config describes.
+    ``denoiser``: a prebuilt denoiser instead of the one the config describes; ``dataset``:
+    the training samples instead of ``cfg.data``'s images (items as :class:`SynthImages`'s:
+    ``(image, payload)``, or ``(image, payload, extra, flipped)`` with an extra conditioner);
+    ``extra_conditioner``: per-image extra conditioning
+    (:class:`~facelab.core.diffusion.hooks.ExtraConditioner`): its tokens are appended to the ID
+    tokens, it trains jointly with the denoiser and shares its EMA, checkpoints and generator
+    folder (``extra_conditioner.safetensors``). Without these the base trains as before.
     """
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
@@ -406,7 +476,7 @@ def train_diffusion(
     from facelab.core.train import Trainer
 
     t0 = time.perf_counter()
-    data = _Images(cfg.data)
+    data = dataset if dataset is not None else SynthImages(cfg.data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = denoiser if denoiser is not None else build_denoiser(cfg)
@@ -419,6 +489,8 @@ def train_diffusion(
     )
     modules: dict[str, nn.Module] = {"denoiser": model, "autoencoder": autoencoder}
     frozen = ["autoencoder"]
+    if extra_conditioner is not None:
+        modules["extra_conditioner"] = extra_conditioner
     if context_transform is not None:
         modules["context_transform"] = context_transform
     if cfg.data.contexts == "recognizer":
@@ -431,9 +503,21 @@ def train_diffusion(
         modules["recognizer"] = from_pretrained(cfg.data.recognizer)
         frozen.append("recognizer")
     alphas = noise.alphas_cumprod
+    width = token_width(model)
+    n_items = 2 if extra_conditioner is None else 4
 
     def loss_fn(batch, mods, ctx):
-        images, payload = batch
+        if len(batch) != n_items:
+            raise FormatError(
+                f"training samples: expected {n_items} items per sample "
+                + (
+                    "(image, payload, extra, flipped) for the extra conditioner"
+                    if extra_conditioner is not None
+                    else "(image, payload); per-image extra inputs need an extra_conditioner"
+                )
+                + f", got {len(batch)}"
+            )
+        images, payload = batch[0], batch[1]
         with torch.no_grad():
             z = mods["autoencoder"].encode(images)
             if cfg.data.contexts == "recognizer":
@@ -444,12 +528,15 @@ def train_diffusion(
             else:
                 c = payload.float()
         b = z.shape[0]
+        tokens = None
+        if extra_conditioner is not None:
+            tokens = apply_extra(mods["extra_conditioner"], batch[2], batch[3], b, width)
         t = torch.randint(0, cfg.num_train_timesteps, (b,), device=z.device)
         eps = torch.randn_like(z)
         a = alphas.to(z.device)[t].view(b, 1, 1, 1)
         x_t = a.sqrt() * z + (1 - a).sqrt() * eps
         hook = apply_transform(mods.get("context_transform"), c, t)
-        pred = mods["denoiser"](x_t, t, hook.context)
+        pred = mods["denoiser"](x_t, t, hook.context, None, tokens)
         mse = F.mse_loss(pred.float(), eps.float())
         if hook.loss is None and not hook.logs:
             return mse
@@ -461,14 +548,21 @@ def train_diffusion(
 
     ema: EMAModel | None = None
 
+    def ema_params() -> list[nn.Parameter]:
+        # the extra conditioner shares the denoiser's EMA (after the denoiser's parameters)
+        params = list(model.parameters())
+        if extra_conditioner is not None:
+            params += list(extra_conditioner.parameters())
+        return params
+
     def on_step(ctx) -> None:
         if ema is not None:
-            ema.step(model.parameters())
+            ema.step(ema_params())
 
     trainer = Trainer(cfg.train, modules, loss_fn, data, frozen=frozen, on_step=on_step)
     if cfg.ema.enabled:
         ema = EMAModel(
-            model.parameters(),
+            ema_params(),
             decay=cfg.ema.max_decay,
             min_decay=cfg.ema.min_decay,
             use_ema_warmup=True,
@@ -481,15 +575,22 @@ def train_diffusion(
     result = trainer.fit(resume=cfg.resume)
     trained = trainer.unwrap("denoiser")
     final = trained
+    extra = trainer.unwrap("extra_conditioner") if extra_conditioner is not None else None
     if ema is not None:
         import copy
 
         final = copy.deepcopy(trained)
-        ema.copy_to(final.parameters())
+        params = list(final.parameters())
+        if extra is not None:
+            extra = copy.deepcopy(extra)
+            params += list(extra.parameters())
+        ema.copy_to(params)
     out = Path(cfg.train.output_dir)
     if trainer.accelerator.is_main_process:
         hook = trainer.unwrap("context_transform") if context_transform is not None else None
-        save_generator(out / "generator", final, cfg, context_transform=hook)
+        save_generator(
+            out / "generator", final, cfg, context_transform=hook, extra_conditioner=extra
+        )
         summary = {
             "steps": result.step,
             "wall_time_s": round(time.perf_counter() - t0, 1),
@@ -498,7 +599,13 @@ def train_diffusion(
         }
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     trainer.accelerator.wait_for_everyone()
-    return SynthTrainResult(final.eval(), out, result, time.perf_counter() - t0)
+    return SynthTrainResult(
+        final.eval(),
+        out,
+        result,
+        time.perf_counter() - t0,
+        extra.eval() if extra is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,9 +617,11 @@ def save_generator(
     denoiser: nn.Module,
     cfg: SynthTrainConfig,
     context_transform: nn.Module | None = None,
+    extra_conditioner: nn.Module | None = None,
 ) -> Path:
     """``directory/denoiser`` (diffusers ``save_pretrained``), ``generator.json`` (class, image
-    size, schedule, autoencoder recipe), ``context_transform.safetensors`` if any."""
+    size, schedule, autoencoder recipe), ``context_transform.safetensors`` and
+    ``extra_conditioner.safetensors`` if any."""
     from dataclasses import asdict
 
     out = Path(directory)
@@ -522,6 +631,10 @@ def save_generator(
         from safetensors.torch import save_model
 
         save_model(context_transform, str(out / "context_transform.safetensors"))
+    if extra_conditioner is not None:
+        from safetensors.torch import save_model
+
+        save_model(extra_conditioner, str(out / EXTRA_CONDITIONER_FILE))
     doc = {
         "format": GENERATOR_FORMAT,
         "version": 1,
@@ -532,6 +645,8 @@ def save_generator(
         "beta_end": cfg.beta_end,
         "autoencoder": asdict(cfg.autoencoder),
     }
+    if extra_conditioner is not None:
+        doc["extra_conditioner"] = type(extra_conditioner).__name__
     tmp = out / f".{GENERATOR_FILE}.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out / GENERATOR_FILE)
@@ -576,3 +691,37 @@ def load_generator(directory: str | os.PathLike, **sampler_kwargs: Any):
         "beta_end": doc["beta_end"],
     } | sampler_kwargs
     return IdentitySampler(model, auto, **kwargs)
+
+
+def load_extra_conditioner(directory: str | os.PathLike, module: nn.Module) -> nn.Module:
+    """Load the ``extra_conditioner.safetensors`` of a generator folder (or its run folder)
+    strictly into ``module`` (built by the caller with the trained architecture); returns it in
+    eval mode. Missing / unexpected / mis-shaped keys raise a ``KeyMismatchError`` naming them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    root = Path(directory)
+    if (root / "generator" / GENERATOR_FILE).is_file():
+        root = root / "generator"
+    path = root / EXTRA_CONDITIONER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"generator: no {EXTRA_CONDITIONER_FILE} in {directory}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        raise KeyMismatchError(
+            f"{path}: does not fit {type(module).__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shapes (file vs module) {shapes[:5]}"
+        )
+    module.load_state_dict(state)
+    return module.eval()
