@@ -104,9 +104,17 @@ def test_export_fp16_and_weights_dir(tmp_path):
     (gen / "denoiser").mkdir(parents=True)
     (gen / "generator.json").write_text('{"kind": "fake"}')
     w = torch.randn(64, 32)
-    save_file({"w": w, "steps": torch.arange(3)}, str(gen / "denoiser" / "model.safetensors"))
+    save_file(
+        {"w": w, "steps": torch.arange(3)},
+        str(gen / "denoiser" / "model.safetensors"),
+        metadata={"format": "fake-format"},
+    )
     dest = G.export_fp16(gen, tmp_path / "toy" / "fake", {"generator": "fake"})
     half = load_file(str(dest / "denoiser" / "model.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(dest / "denoiser" / "model.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == {"format": "fake-format"}  # file formats survive the export
     assert half["w"].dtype == torch.float16 and half["steps"].dtype == torch.int64
     assert torch.allclose(half["w"].float(), w, atol=2e-3, rtol=1e-3)
     info = G.read_info(dest)

@@ -21,9 +21,9 @@ in ``facelab.<name>.bench`` (these take precedence over the adapters here)::
         weights folder; return out_dir.'''
 
 Built-in adapters exist for the synthesis base (core), UIFace (its toy recipe and toy sampling
-preset) and SteerFace (its toy recipe; it samples like the base). MorphFace has none here (its
-toy recipe also needs the toy style regressor and 3DMM maps): its package provides the two
-functions above, or its row says what is missing.
+preset) and SteerFace (its toy recipe; it samples like the base). MorphFace provides the two
+functions itself (``facelab.morphface.bench``: its toy recipe, and sampling with each new
+subject's styles drawn from the style prior of its training set).
 """
 
 from __future__ import annotations
@@ -346,10 +346,12 @@ def _sha256(path: Path) -> str:
 
 def export_fp16(generator_dir: Path, dest: Path, info: dict[str, Any]) -> Path:
     """Copy a trained generator folder to ``dest`` with every floating-point tensor of its
-    ``*.safetensors`` files stored as float16 (half the size; loaders cast back to float32),
+    ``*.safetensors`` files stored as float16 (half the size; loaders cast back to float32; the
+files' metadata kept),
     and write ``toy_weights.json`` (``info`` + file hashes). Atomic: a partial export is never
     left under ``dest``."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     generator_dir, dest = Path(generator_dir), Path(dest)
@@ -362,11 +364,13 @@ def export_fp16(generator_dir: Path, dest: Path, info: dict[str, Any]) -> Path:
     files = {}
     for path in sorted(tmp.rglob("*.safetensors")):
         tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()  # kept (file formats are recorded there)
         half = {
             k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
             for k, v in tensors.items()
         }
-        save_file(half, str(path))
+        save_file(half, str(path), metadata=metadata)
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         files[str(path.relative_to(tmp))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     trained = {}

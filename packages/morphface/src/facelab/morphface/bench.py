@@ -8,10 +8,20 @@ reports, per attribute, the correlation between the requested value and the valu
 reads from the generated image; the same for the same network sampled without style (null
 style tokens: the correlation a generator that ignores style gets) and for the real images
 (the regressor's own ceiling).
+
+:func:`train_toy_generator` and :func:`write_toy_dataset` are the two entry points the
+benchmarks' synthesis suite calls (``facelab.benchmarks.generators``): the toy preset's training
+into a generator folder (the base's layout plus MorphFace's files, and ``toy_weights.json``
+describing its identities and toy styles), and a dataset written from those weights with each
+new subject's styles sampled from the style prior fitted on the training set's styles (the
+prior's and the sampler's defaults).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,4 +82,152 @@ def style_control(
     }
 
 
-__all__ = ["style_control"]
+#: written next to the trained generator; the benchmarks' toy-weights export keeps it
+TOY_INFO_FILE = "toy_weights.json"
+TOY_COMMAND = "facelab morphface train --preset toy"
+
+
+def toy_train_config(out_dir: Path, *, steps: int | None = None, seed: int = 0, progress=True):
+    """The ``toy`` preset into ``out_dir`` (resumable), seed offset by ``seed``; ``steps``
+    shortens the run (the warm-up then fits in it)."""
+    from facelab.morphface.train import morphface_presets
+
+    cfg = morphface_presets()["toy"]
+    override: dict[str, Any] = {}
+    if steps is not None:
+        override = {"max_steps": steps, "warmup": min(cfg.train.warmup, steps // 4)}
+        if cfg.train.checkpoint_every:
+            override["checkpoint_every"] = max(1, min(cfg.train.checkpoint_every, steps))
+    train = replace(
+        cfg.train,
+        output_dir=str(out_dir),
+        seed=cfg.train.seed + seed,
+        progress=progress,
+        **override,
+    )
+    return replace(cfg, train=train, resume="latest")
+
+
+def train_toy_generator(
+    out_dir: Path, *, steps: int | None = None, seed: int = 0, progress: bool = True
+) -> Path:
+    """Train the toy preset into ``out_dir``; return its generator folder (the base's
+    ``load_generator`` reads the denoiser; ``load_morphface`` the whole generator) with
+    ``toy_weights.json``: the ID vectors (one random unit vector per toy identity) and the toy
+    data's style settings, from which :func:`write_toy_dataset` refits the style prior."""
+    from facelab.morphface.train import train
+
+    cfg = toy_train_config(Path(out_dir), steps=steps, seed=seed, progress=progress)
+    res = train(cfg)
+    d = cfg.data
+    info = {
+        "preset": TOY_COMMAND,
+        "contexts": {
+            "kind": d.contexts,
+            "count": d.toy_identities,
+            "dim": d.context_dim,
+            "seed": d.context_seed,
+            "toy_seed": d.toy_seed,
+            "toy_difficulty": d.toy_difficulty,
+            "image_size": d.image_size,
+        },
+        "styles": {
+            "toy": asdict(cfg.style.toy),
+            "images_per_identity": d.toy_images_per_identity,
+            "prior": "StylePrior.fit on the training images' styles (defaults)",
+        },
+        "steps": cfg.train.max_steps,
+    }
+    generator = res.output_dir / "generator"
+    (generator / TOY_INFO_FILE).write_text(json.dumps(info, indent=2))
+    return generator
+
+
+def _read_toy_info(weights: Path) -> dict[str, Any]:
+    from facelab.core.errors import FormatError
+
+    path = Path(weights) / TOY_INFO_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: not a readable toy-weights description ({exc})") from None
+    c, st = info.get("contexts"), info.get("styles")
+    if not isinstance(c, dict) or c.get("kind") != "identity" or not isinstance(st, dict):
+        raise FormatError(
+            f"{path}: expected MorphFace toy weights ('identity' contexts and the toy styles), "
+            f"got contexts {c!r}"
+        )
+    return info
+
+
+def toy_style_prior(weights: Path):
+    """The style prior of the toy generator's training set (refitted from ``toy_weights.json``:
+    the styled toyfaces' exact 3DMM parameters, the prior's default fit)."""
+    from facelab.morphface.prior import StylePrior
+    from facelab.morphface.toy import ToyStyleConfig
+
+    info = _read_toy_info(weights)
+    c, st = info["contexts"], info["styles"]
+    style = ToyStyleConfig(**{k: tuple(v) for k, v in st["toy"].items()})
+    toy = StyledToyFaces(
+        int(c["count"]),
+        int(st["images_per_identity"]),
+        size=32,
+        seed=int(c["toy_seed"]),
+        difficulty=c["toy_difficulty"],
+        style=style,
+    )
+    return StylePrior.fit(toy.style_params(), toy.labels)
+
+
+def write_toy_dataset(
+    weights: Path,
+    out_dir: Path,
+    *,
+    identities: int,
+    images_per_identity: int,
+    seed: int,
+    image_size: int,
+    num_steps: int,
+    progress: bool = True,
+) -> Path:
+    """Identity folders + ``manifest.json`` (the base's ``generate_dataset`` through
+    ``MorphFaceSampler.generate``) from the toy weights: the first ``identities`` ID vectors the
+    generator was trained on, each a new subject whose ``images_per_identity`` styles come from
+    :func:`toy_style_prior` (``seed``), sampled with the generator's guidance defaults in float32
+    with each step's predicted x0 clipped to [-1, 1] (pixel space, as the base's toy
+    generators); every image's style in its identity's ``meta.json``."""
+    from facelab.core.diffusion.identities import random_identities
+    from facelab.core.errors import FormatError
+    from facelab.morphface.train import load_morphface
+
+    info = _read_toy_info(weights)
+    c = info["contexts"]
+    if identities > int(c["count"]):
+        raise FormatError(
+            f"identities: the toy generator knows {c['count']} identities, {identities} asked"
+        )
+    contexts = random_identities(int(c["count"]), int(c["dim"]), int(c["seed"]))[:identities]
+    sampler = load_morphface(weights, num_steps=num_steps, clip_sample=True)
+    sampler.to(dtype=torch.float32)
+    prior = toy_style_prior(weights) if sampler.encoder is not None else None
+    sampler.generate(
+        contexts,
+        out_dir,
+        prior=prior,
+        images_per_identity=images_per_identity,
+        batch_size=64,
+        seed=seed,
+        image_size=image_size,
+        progress=progress,
+    )
+    return Path(out_dir)
+
+
+__all__ = [
+    "style_control",
+    "toy_style_prior",
+    "toy_train_config",
+    "train_toy_generator",
+    "write_toy_dataset",
+]

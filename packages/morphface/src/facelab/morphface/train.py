@@ -92,23 +92,17 @@ class GuidanceConfig:
     num_steps: int = 50
 
 
+def _base_train(preset: str, output_dir: str) -> TrainConfig:
+    """The base's training settings of ``preset`` (MorphFace trains on the same schedule)."""
+    from dataclasses import replace
+
+    from facelab.core.diffusion.train import synth_presets
+
+    return replace(synth_presets()[preset].train, output_dir=output_dir)
+
+
 def _paper_train() -> TrainConfig:
-    return TrainConfig(
-        output_dir="runs/morphface",
-        max_steps=900_000,
-        batch_size=64,
-        optimizer="adamw",
-        lr=1e-4,
-        weight_decay=0.0,
-        scheduler="cosine_restarts",
-        restart_period=10_000,
-        restart_mult=2,
-        mixed_precision="fp16",
-        seed=0,
-        num_workers=8,
-        checkpoint_every=10_000,
-        log_every=500,
-    )
+    return _base_train("paper", "runs/morphface")
 
 
 def _morphface_unet(**overrides: Any) -> ReferenceUNetConfig:
@@ -144,7 +138,6 @@ TOY_MORPHFACE_UNET = TOY_UNET | {
     "first_sample_unconditional": False,
     "unconditioned_probability": 0.15,
 }
-TOY_STEPS = 1500
 
 
 def morphface_presets() -> dict[str, MorphFaceConfig]:
@@ -170,21 +163,7 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
         encoder=EncoderConfig(map_size=32, widths=(32, 64, 64), style_dropout_probability=0.15),
         guidance=GuidanceConfig(num_steps=25),
         ema=EMAConfig(max_decay=0.999),
-        train=TrainConfig(
-            output_dir="runs/morphface-toy",
-            max_steps=TOY_STEPS,
-            batch_size=16,
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.0,
-            scheduler="cosine",
-            warmup=100,
-            warmup_unit="step",
-            min_lr=1e-5,
-            seed=0,
-            checkpoint_every=500,
-            log_every=50,
-        ),
+        train=_base_train("toy", "runs/morphface-toy"),
     )
     return {"paper": paper, "toy": toy}
 
@@ -444,13 +423,7 @@ def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) 
     doc = {
         "format": GENERATOR_FORMAT,
         "version": 2,
-        "denoiser": cfg.denoiser,
         "use_style": encoder is not None,
-        "image_size": cfg.data.image_size,
-        "num_train_timesteps": cfg.num_train_timesteps,
-        "beta_start": cfg.beta_start,
-        "beta_end": cfg.beta_end,
-        "autoencoder": asdict(cfg.autoencoder),
         "encoder": dict(encoder.config) if encoder is not None else None,
         "renderer": asdict(cfg.renderer),
         "guidance": asdict(cfg.guidance),
@@ -463,10 +436,7 @@ def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) 
 def load_morphface(directory: str | os.PathLike, **kwargs: Any):
     """A :class:`~facelab.morphface.sample.MorphFaceSampler` for a folder written by
     :func:`save_morphface` (offline). ``kwargs`` override sampler settings."""
-    from facelab.core.diffusion.denoiser import UNet2DConditionDenoiser
-    from facelab.core.diffusion.train import build_autoencoder, load_extra_conditioner
-    from facelab.core.diffusion.unet import ConditionalUNet
-    from facelab.core.errors import UnknownNameError
+    from facelab.core.diffusion.train import load_extra_conditioner, load_generator
     from facelab.morphface.encoder import StyleEncoder
     from facelab.morphface.morphable import MorphableModel
     from facelab.morphface.render import StyleRenderer
@@ -491,21 +461,15 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
             f"{path}: expected version 2 (the base's generator folder + morphface.json), got "
             f"{doc.get('version')!r}; retrain with this version"
         )
-    classes = {
-        "reference": ConditionalUNet,
-        "diffusers": UNet2DConditionDenoiser,
-    }
-    cls = classes.get(doc.get("denoiser"))
-    if cls is None:
-        raise UnknownNameError(f"{path}: unknown denoiser {doc.get('denoiser')!r}")
-    denoiser = cls.from_pretrained(str(root / "denoiser"), local_files_only=True).eval()
+    base = load_generator(root)  # the denoiser and first stage (the base's generator.json)
+    gen = json.loads((root / "generator.json").read_text())
+    denoiser, auto = base.denoiser, base.autoencoder
     encoder = None
     if doc.get("use_style", True):
         encoder = StyleEncoder(**_encoder_kwargs(doc.get("encoder"), path))
         load_extra_conditioner(root, StyleConditioner(encoder, None, None))
         encoder = encoder.eval()
     model3dmm = MorphableModel.load(root / "3dmm.safetensors")
-    auto = build_autoencoder(AutoencoderConfig(**doc.get("autoencoder", {})))
     rcfg = doc.get("renderer", {})
     renderer = None
     if encoder is not None:
@@ -517,14 +481,12 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
         )
     g = doc.get("guidance", {})
     settings = {
-        "image_size": doc["image_size"],
+        "image_size": base.image_size,
         "num_steps": int(g.get("num_steps", 50)),
         "id_scale": float(g.get("id_scale", 1.0)),
         "style_scale": float(g.get("style_scale", 1.0)),
         "blend": float(g.get("blend", 0.0)),
-        "num_train_timesteps": doc["num_train_timesteps"],
-        "beta_start": doc["beta_start"],
-        "beta_end": doc["beta_end"],
+        **{k: gen[k] for k in ("num_train_timesteps", "beta_start", "beta_end")},
     } | kwargs
     return MorphFaceSampler(denoiser, encoder, renderer, auto, model3dmm=model3dmm, **settings)
 
