@@ -346,10 +346,10 @@ def _sha256(path: Path) -> str:
 
 def export_fp16(generator_dir: Path, dest: Path, info: dict[str, Any]) -> Path:
     """Copy a trained generator folder to ``dest`` with every floating-point tensor of its
-    ``*.safetensors`` files stored as float16 (half the size; loaders cast back to float32; the
-files' metadata kept),
-    and write ``toy_weights.json`` (``info`` + file hashes). Atomic: a partial export is never
-    left under ``dest``."""
+        ``*.safetensors`` files stored as float16 (half the size; loaders cast back to float32; the
+    files' metadata kept),
+        and write ``toy_weights.json`` (``info`` + file hashes). Atomic: a partial export is never
+        left under ``dest``."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
