@@ -102,6 +102,8 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     ],
     "morphface": [
         ["convert", "--bfm", "{corrupt}", "--out", "{tmp}/m.safetensors"],
+        ["convert", "--flame", "{corrupt}", "--out", "{tmp}/m.safetensors"],
+        ["convert", "--out", "{tmp}/m.safetensors"],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", NOPE],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--params", "{corrupt}"],
         ["fit-prior", "--out", "{tmp}/p.safetensors", "--toy-identities", "1"],

@@ -240,3 +240,120 @@ def test_bfm_mat_converter(tmp_path):
     savemat(tmp_path / "bad.mat", {"meanshape": flat["meanshape"]})
     with pytest.raises(FormatError, match="missing BFM"):
         bfm_from_mat(tmp_path / "bad.mat")
+
+
+def _flame_dict(head):
+    """A FLAME-like dict (the keys of generic_model.pkl) around a small closed head mesh."""
+    import scipy.sparse as sp
+
+    g = np.random.default_rng(0)
+    v = head.mean_shape.numpy().astype(np.float64)
+    nv = v.shape[0]
+    return {
+        "v_template": v,
+        "shapedirs": g.normal(size=(nv, 3, 5)) * 0.01,  # 3 identity + 2 expression modes
+        "f": head.faces.numpy().astype(np.uint32),
+        "J_regressor": sp.csc_matrix(g.random((5, nv)) * (g.random((5, nv)) < 0.1)),
+        "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
+        "weights": g.random((nv, 5)),
+        "bs_style": "lbs",
+        "bs_type": "lrotmin",
+    }
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_flame_pkl_converter_reads_plain_arrays(tmp_path, protocol):
+    import pickle
+
+    from facelab.morphface.converters import flame_from_pkl
+    from facelab.morphface.procedural import procedural_3dmm
+
+    head = procedural_3dmm(rings=6, segments=8)
+    d = _flame_dict(head)
+    d["f"] = d["f"][:, [0, 2, 1]]  # stored inside-out: the converter turns them outwards
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(pickle.dumps(d, protocol=protocol))
+    m = flame_from_pkl(path, num_shape=3, normalize=False)
+    assert (m.num_shape, m.num_expression, m.num_albedo) == (3, 2, 0)
+    # vertices == v_template + shapedirs . [shape, expression] (numpy reference)
+    s, e = np.array([[0.5, -1.0, 2.0]]), np.array([[1.5, -0.5]])
+    want = d["v_template"] + d["shapedirs"] @ np.concatenate([s, e], 1)[0]
+    got = m.vertices(torch.tensor(s, dtype=torch.float32), torch.tensor(e, dtype=torch.float32))
+    np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-5)
+    assert {frozenset(t) for t in m.faces.tolist()} == {frozenset(t) for t in d["f"].tolist()}
+    tri = m.mean_shape.double()[m.faces]
+    assert float((tri[:, 0] * torch.linalg.cross(tri[:, 1], tri[:, 2], dim=-1)).sum()) > 0
+    norm = flame_from_pkl(path, num_shape=3)
+    ys = norm.mean_shape[:, 1]
+    assert float(ys.max() - ys.min()) == pytest.approx(2.0)
+    with pytest.raises(FormatError, match="num_shape"):
+        flame_from_pkl(path, num_shape=5)
+
+
+def test_flame_pkl_refuses_anything_else(tmp_path, monkeypatch):
+    import os
+    import pickle
+    import sys
+    import types
+
+    from facelab.morphface.converters import flame_from_pkl, safe_load_pickle
+    from facelab.morphface.procedural import procedural_3dmm
+
+    sentinel = tmp_path / "keep.txt"
+    sentinel.write_text("x")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.remove, (str(sentinel),))
+
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(pickle.dumps({"v_template": Evil()}, protocol=2))
+    with pytest.raises(FormatError, match=r"asks for (posix|os|nt)\.remove"):
+        flame_from_pkl(bad)
+    assert sentinel.exists()  # nothing ran
+    # chumpy objects (the original FLAME release): named, with what to do
+    chumpy, ch = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
+
+    class Ch:
+        def __init__(self, x):
+            self.x = x
+
+    Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+    ch.Ch, chumpy.ch = Ch, ch
+    monkeypatch.setitem(sys.modules, "chumpy", chumpy)
+    monkeypatch.setitem(sys.modules, "chumpy.ch", ch)
+    d = _flame_dict(procedural_3dmm(rings=6, segments=8))
+    d["shapedirs"] = Ch(d["shapedirs"])
+    (tmp_path / "chumpy.pkl").write_bytes(pickle.dumps(d, protocol=2))
+    monkeypatch.delitem(sys.modules, "chumpy.ch")
+    with pytest.raises(FormatError, match=r"chumpy\.ch\.Ch.*re-save the file"):
+        flame_from_pkl(tmp_path / "chumpy.pkl")
+    # a dict without FLAME's arrays, a non-dict, a truncated file
+    (tmp_path / "nokeys.pkl").write_bytes(pickle.dumps({"f": np.zeros((1, 3))}))
+    with pytest.raises(FormatError, match="missing FLAME arrays"):
+        flame_from_pkl(tmp_path / "nokeys.pkl")
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(FormatError, match="expected a dict"):
+        flame_from_pkl(tmp_path / "list.pkl")
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps(d | {"shapedirs": np.ones(3)})[:40])
+    with pytest.raises(FormatError, match="not a readable"):
+        safe_load_pickle(tmp_path / "cut.pkl")
+
+
+def test_convert_cli_flame(tmp_path, capsys):
+    import pickle
+
+    from facelab.morphface.cli import main
+    from facelab.morphface.procedural import procedural_3dmm
+
+    d = _flame_dict(procedural_3dmm(rings=6, segments=8))
+    (tmp_path / "flame.pkl").write_bytes(pickle.dumps(d, protocol=2))
+    out = tmp_path / "flame.safetensors"
+    argv = ["convert", "--flame", str(tmp_path / "flame.pkl"), "--out", str(out)]
+    assert main([*argv, "--num-shape", "4"]) == 0
+    m = MorphableModel.load(out)
+    assert (m.num_shape, m.num_expression) == (4, 1) and "4 shape / 1 expression" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(FormatError, match="exactly one of --bfm"):
+        main(["convert", "--out", str(out)])

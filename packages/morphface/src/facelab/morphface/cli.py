@@ -28,18 +28,28 @@ run `facelab morphface <command> --help` for the flags of one command."""
 class ConvertArgs:
     """Convert a public 3DMM file into ours (safetensors)."""
 
-    bfm: str
-    """a BFM_model_front.mat (Deep3DFaceRecon layout)"""
     out: str
     """where to write the 3DMM (.safetensors)"""
+    bfm: str | None = None
+    """a BFM_model_front.mat (Deep3DFaceRecon layout)"""
+    flame: str | None = None
+    """a FLAME generic_model.pkl with plain numpy arrays (restricted unpickler; no chumpy)"""
+    num_shape: int = 300
+    """FLAME: identity modes at the start of shapedirs (the rest are expression modes)"""
     normalize: bool = True
     """centre the head and scale its vertical half extent to 1 (the camera's unit)"""
 
 
 def convert_command(args: ConvertArgs):
-    from facelab.morphface.converters import bfm_from_mat
+    from facelab.core.errors import FormatError
+    from facelab.morphface.converters import bfm_from_mat, flame_from_pkl
 
-    model = bfm_from_mat(args.bfm, normalize=args.normalize)
+    if (args.bfm is None) == (args.flame is None):
+        raise FormatError("convert: give exactly one of --bfm FILE.mat or --flame FILE.pkl")
+    if args.bfm is not None:
+        model = bfm_from_mat(args.bfm, normalize=args.normalize)
+    else:
+        model = flame_from_pkl(args.flame, num_shape=args.num_shape, normalize=args.normalize)
     path = model.save(args.out)
     print(
         f"3DMM {model.name}: {model.num_vertices} vertices, {model.num_faces} faces, "
