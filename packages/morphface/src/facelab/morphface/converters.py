@@ -176,11 +176,7 @@ def flame_from_pkl(
     shape_basis, expr_basis = basis[:, :num_shape], basis[:, num_shape:]
     faces = torch.from_numpy(f.astype(np.int64))
     if normalize:
-        lo, hi = mean.min(0).values, mean.max(0).values
-        scale = 2.0 / float(hi[1] - lo[1])
-        mean = (mean - 0.5 * (lo + hi)) * scale
-        shape_basis = shape_basis * scale
-        expr_basis = expr_basis * scale
+        mean, shape_basis, expr_basis = _normalize(mean, shape_basis, expr_basis)
     model = MorphableModel(
         mean_shape=mean,
         shape_basis=shape_basis.contiguous(),
@@ -194,6 +190,13 @@ def flame_from_pkl(
     if volume < 0:
         model.faces = model.faces[:, [0, 2, 1]]
     return model
+
+
+def _normalize(mean: torch.Tensor, *bases: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Centre on the bounding-box centre, scale the vertical half extent to 1 (bases alike)."""
+    lo, hi = mean.min(0).values, mean.max(0).values
+    scale = 2.0 / float(hi[1] - lo[1])
+    return ((mean - 0.5 * (lo + hi)) * scale, *(b * scale for b in bases))
 
 
 def _orient_front(mean: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -238,11 +241,7 @@ def bfm_from_mat(path: str | os.PathLike, *, normalize: bool = True) -> Morphabl
     if "keypoints" in m:
         landmarks = torch.from_numpy(arr("keypoints").astype(np.int64).reshape(-1)) - 1
     if normalize:
-        lo, hi = mean.min(0).values, mean.max(0).values
-        scale = 2.0 / float(hi[1] - lo[1])
-        mean = (mean - 0.5 * (lo + hi)) * scale
-        shape_basis = shape_basis * scale
-        expr_basis = expr_basis * scale
+        mean, shape_basis, expr_basis = _normalize(mean, shape_basis, expr_basis)
     model = MorphableModel(
         mean_shape=mean,
         shape_basis=shape_basis,

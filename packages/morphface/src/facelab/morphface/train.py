@@ -436,33 +436,25 @@ def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) 
 def load_morphface(directory: str | os.PathLike, **kwargs: Any):
     """A :class:`~facelab.morphface.sample.MorphFaceSampler` for a folder written by
     :func:`save_morphface` (offline). ``kwargs`` override sampler settings."""
-    from facelab.core.diffusion.train import load_extra_conditioner, load_generator
+    from facelab.core.diffusion.train import (
+        generator_document,
+        load_extra_conditioner,
+        load_generator,
+    )
     from facelab.morphface.encoder import StyleEncoder
     from facelab.morphface.morphable import MorphableModel
     from facelab.morphface.render import StyleRenderer
     from facelab.morphface.sample import MorphFaceSampler
 
-    root = Path(directory)
-    if (root / "generator" / GENERATOR_FILE).is_file():
-        root = root / "generator"
+    root, doc = generator_document(directory, GENERATOR_FILE, GENERATOR_FORMAT)
     path = root / GENERATOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"generator: no {GENERATOR_FILE} in {directory}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
-    if doc.get("format") != GENERATOR_FORMAT:
-        raise FormatError(
-            f"{path}: expected format {GENERATOR_FORMAT!r}, got {doc.get('format')!r}"
-        )
     if doc.get("version") != 2:
         raise FormatError(
             f"{path}: expected version 2 (the base's generator folder + morphface.json), got "
             f"{doc.get('version')!r}; retrain with this version"
         )
     base = load_generator(root)  # the denoiser and first stage (the base's generator.json)
-    gen = json.loads((root / "generator.json").read_text())
+    _, gen = generator_document(root)
     denoiser, auto = base.denoiser, base.autoencoder
     encoder = None
     if doc.get("use_style", True):

@@ -75,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "train_diffusion": "train",
     "SynthImages": "train",
     "load_extra_conditioner": "train",
+    "generator_document": "train",
     "build_denoiser": "train",
     "build_autoencoder": "train",
     "save_generator": "train",

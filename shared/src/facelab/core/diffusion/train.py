@@ -653,26 +653,38 @@ def save_generator(
     return out
 
 
+def generator_document(
+    directory: str | os.PathLike,
+    file_name: str = GENERATOR_FILE,
+    format_name: str = GENERATOR_FORMAT,
+) -> tuple[Path, dict[str, Any]]:
+    """(generator folder, its JSON description): ``directory`` or its ``generator/``
+    subfolder holding ``file_name``, whose ``format`` must be ``format_name`` (methods that add
+    a description of their own to the base's generator folder read it the same way)."""
+    root = Path(directory)
+    if (root / "generator" / file_name).is_file():
+        root = root / "generator"
+    path = root / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"generator: no {file_name} in {directory}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != format_name:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise FormatError(f"{path}: expected format {format_name!r}, got {got!r}")
+    return root, doc
+
+
 def load_generator(directory: str | os.PathLike, **sampler_kwargs: Any):
     """An ``IdentitySampler`` for a folder written by :func:`save_generator` (offline)."""
     from facelab.core.diffusion.denoiser import UNet2DConditionDenoiser
     from facelab.core.diffusion.sampling import IdentitySampler
     from facelab.core.diffusion.unet import ConditionalUNet
 
-    root = Path(directory)
-    if (root / "generator" / GENERATOR_FILE).is_file():
-        root = root / "generator"
+    root, doc = generator_document(directory)
     path = root / GENERATOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"generator: no {GENERATOR_FILE} in {directory}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
-    if doc.get("format") != GENERATOR_FORMAT:
-        raise FormatError(
-            f"{path}: expected format {GENERATOR_FORMAT!r}, got {doc.get('format')!r}"
-        )
     classes = {
         "ConditionalUNet": ConditionalUNet,
         "UNet2DConditionDenoiser": UNet2DConditionDenoiser,
@@ -700,9 +712,7 @@ def load_extra_conditioner(directory: str | os.PathLike, module: nn.Module) -> n
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    root = Path(directory)
-    if (root / "generator" / GENERATOR_FILE).is_file():
-        root = root / "generator"
+    root, _ = generator_document(directory)
     path = root / EXTRA_CONDITIONER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"generator: no {EXTRA_CONDITIONER_FILE} in {directory}")
