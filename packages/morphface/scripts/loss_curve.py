@@ -58,8 +58,8 @@ def main() -> None:
     res = train(cfg)
     losses = [row["loss"] for row in res.train.history]
     digest = {
-        "denoiser_sum": float(sum(p.double().sum() for p in res.denoiser.parameters())),
-        "encoder_sum": float(sum(p.double().sum() for p in res.encoder.parameters()))
+        "denoiser_sum": float(sum(p.detach().double().sum() for p in res.denoiser.parameters())),
+        "encoder_sum": float(sum(p.detach().double().sum() for p in res.encoder.parameters()))
         if res.encoder is not None
         else None,
     }
