@@ -412,6 +412,9 @@ def measure_code_attack(seed: int = 0) -> dict[str, float]:
 def test_vector_code_attack_beats_noise():
     m = measure_code_attack()
     print({k: round(v, 3) for k, v in m.items()})
+    # calibration (`uv run python scripts/calibrate_claims.py core-attack-code`, seeds default + 1..4 x torch threads 1 and 2, 10 runs;
+    # the same at both thread counts): code - noise SSIM 0.525..0.547, code - mean 0.503..0.535,
+    # noise - mean -0.026..-0.012
     assert m["code_minus_noise_ssim"] > 0.3
     assert m["code_minus_mean_ssim"] > 0.3
     assert m["noise_minus_mean_ssim"] < 0.1

@@ -80,6 +80,8 @@ def test_extractor_shapes_flip_modes_and_roundtrip(tmp_path):
 def test_recipe_trains_and_frozen_backbone_stays_put(trained, tmp_path):
     _, _, result = trained
     hist = result.history
+    # calibration (`uv run python scripts/calibrate_claims.py slerpface-train`, seeds default + 1..4 x torch threads 1 and 2, 10 runs):
+    # last / first group loss 0.776..0.825
     assert hist[-1]["group_loss"] < hist[0]["group_loss"]
     cfg = tiny_recipe(tmp_path / "frozen", steps=2, freeze_backbone=True)
     trainer, ex = build_trainer(cfg)
@@ -98,6 +100,8 @@ def test_protected_matching_on_toyfaces_separates_genuine_from_impostor(eval_set
     p = protect(t[i1], w[i1], keys, generator=torch.Generator().manual_seed(0))
     s = match(p, t[i2], w[i2], keys).scores
     gen, imp = s[same], s[~same]
+    # calibration (slerpface-train, 10 runs): genuine - impostor mean 0.310..0.525, AUC
+    # 0.834..0.895 (1 thread 0.841..0.895, 2 threads 0.834..0.894)
     assert float(gen.mean()) > float(imp.mean())
     # rank statistic (AUC) of genuine over impostor scores
     auc = float((gen.unsqueeze(1) > imp.unsqueeze(0)).double().mean())
