@@ -52,7 +52,11 @@ def measure_attack(seed: int = 0) -> dict[str, float]:
 def test_inversion_from_one_subset_is_worse_than_from_the_full_spectrum():
     m = measure_attack()
     print({k: round(v, 3) for k, v in m.items()})
-    # the full spectrum is the image: the decoder learns it; one subset recovers much less
+    # the full spectrum is the image: the decoder learns it; one subset recovers much less.
+    # calibration (`uv run python scripts/calibrate_claims.py partialface-attack`, seeds
+    # default + 1..4 x torch threads 1 and 2, 10 runs; the same at both thread counts): SSIM
+    # full - subset 0.153..0.185, PSNR full - subset 3.21..5.00 dB, SSIM full - mean image
+    # 0.398..0.466
     assert m["ssim_full_minus_subset"] > 0.1
     assert m["psnr_full_minus_subset"] > 1.0
     assert m["ssim_full_minus_mean"] > 0.2
