@@ -24,7 +24,7 @@ help:
 	@echo "make lint         ruff check + ruff format --check"
 	@echo "make wheels       wheel + sdist of every package into dist/"
 	@echo "make bench        facelab bench speed"
-	@echo "make gpu-check    the CUDA path once (scripts/gpu_check.sh; needs a GPU)"
+	@echo "make gpu-check    every package's CUDA path once + GPU bench rows, ~10 min (needs a GPU)"
 
 uv:
 	@if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1; then \
