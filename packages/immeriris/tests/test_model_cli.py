@@ -60,6 +60,31 @@ def test_irisnet_paradigms_and_save_load(tmp_path):
         IrisNet(crop_margin=3.0)
 
 
+def test_standardized_inputs_and_lazy_rendering_match():
+    """``standardize`` makes the embedding blind to an input's offset and gain (an exposure
+    change) and ``prerender=False`` cuts the same inputs as the pre-rendered set."""
+    from facelab.immeriris.train import DataConfig, RenderedEyes
+
+    torch.manual_seed(0)
+    net = IrisNet("normfree", backbone="r18", embedding_size=16, base_width=4, crop_size=32)
+    net.eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    plain = IrisNet("normfree", backbone="r18", embedding_size=16, base_width=4, crop_size=32)
+    plain.load_state_dict(net.state_dict())
+    net.standardize = True
+    assert torch.allclose(net.embed_inputs(0.4 * x + 0.3), net.embed_inputs(x), atol=1e-4)
+    assert not torch.allclose(plain.embed_inputs(0.4 * x + 0.3), plain.embed_inputs(x), atol=1e-2)
+    flat = x.flatten(1)  # per image: zero mean, standard deviation 0.5
+    ref = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True) * 0.5).view_as(x)
+    assert torch.allclose(net.embed_inputs(x), plain.embed_inputs(ref), atol=1e-4)
+    ds = OcularDataset(2, OcularConfig(size=64, repeats=1), seed=0, captures_per_subject=3)
+    eager = RenderedEyes(ds, net, DataConfig(num_subjects=2, prerender=True))
+    lazy = RenderedEyes(ds, net, DataConfig(num_subjects=2, prerender=False))
+    assert eager.images is not None and lazy.images is None
+    idx = torch.tensor([5, 0, 3])
+    assert torch.allclose(eager.inputs(idx, augment=False), lazy.inputs(idx, augment=False))
+
+
 def test_short_training_run_lowers_the_loss(tmp_path):
     from facelab.immeriris.train import preset, train
 
@@ -69,8 +94,10 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     cfg.model.base_width, cfg.model.crop_size, cfg.model.embedding_size = 4, 32, 32
     cfg.head.s, cfg.head.m = 16.0, 0.2
     cfg.train.output_dir = str(tmp_path / "run")
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.milestones = 8, 16, ()
-    cfg.train.warmup, cfg.train.lr, cfg.train.progress, cfg.train.log_every = 0, 0.05, False, 3
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps = 8, 16, None
+    cfg.train.optimizer, cfg.train.scheduler, cfg.train.warmup = "sgd", "constant", 0
+    cfg.train.lr, cfg.train.progress, cfg.train.log_every = 0.05, False, 3
+    assert not cfg.data.prerender  # the toy preset renders each batch afresh
     out = train(cfg)
     hist = [h["loss"] for h in out.result.history]
     assert hist[-1] < 0.8 * hist[0]

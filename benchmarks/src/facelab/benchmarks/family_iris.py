@@ -7,10 +7,10 @@ suite) from its ``toy`` preset, ``facelab.immeriris.evaluate.evaluate`` (every m
 protocols, FRR at FAR, EER, d', rank-1; DET plots through ``Report.save``) and
 ``summary_rows``. This module picks the sizes per level and arranges the rows.
 
-Levels: ``quick`` NormFree (a shortened toy preset) vs classical, oracle segmentation, on the
-``Control`` and ``Gaze`` protocols (frontal vs off-axis probes), left eye and both eyes;
-``suite`` the toy preset as the package defines it, NormFree and NormKeep, all eight protocols,
-oracle and our segmentation; ``small`` a smoke-test size.
+Levels: ``quick`` NormFree (the toy preset cut to 300 of its 1000 steps) vs classical, oracle
+segmentation, on the ``Control`` and ``Gaze`` protocols (frontal vs off-axis probes), left eye
+and both eyes; ``suite`` the toy preset as the package defines it, NormFree and NormKeep, all
+eight protocols, oracle and our segmentation; ``small`` a smoke-test size.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def settings(level: str, seed: int) -> dict[str, Any]:
     if level == "small":
         return {
             "paradigms": ("normfree",),
-            "train": {"num_subjects": 6, "captures_per_subject": 8, "epochs": 1, "batch": 16},
+            "train": {"num_subjects": 6, "captures_per_subject": 8, "max_steps": 6, "batch": 16},
             "eval_subjects": 4,
             "protocols": ("Control", "Gaze"),
             "segmentations": ("oracle",),
@@ -71,7 +71,9 @@ def settings(level: str, seed: int) -> dict[str, Any]:
         }
     return {
         "paradigms": ("normfree",),
-        "train": {"num_subjects": 60, "captures_per_subject": 24, "epochs": 4},
+        # the toy preset's data and recipe (every capture of 200 training subjects rendered
+        # per batch, standardized crops, AdamW + cosine), 300 of its 1000 steps
+        "train": {"max_steps": 300},
         "eval_subjects": 20,
         "protocols": ("Control", "Gaze"),
         "segmentations": ("oracle",),
@@ -87,7 +89,9 @@ def recipe(paradigm: str, s: dict[str, Any], workdir: Path, progress: bool) -> A
     data = cfg.data
     if "num_subjects" in t:
         data = dataclasses.replace(
-            data, num_subjects=t["num_subjects"], captures_per_subject=t["captures_per_subject"]
+            data,
+            num_subjects=t["num_subjects"],
+            captures_per_subject=t.get("captures_per_subject", data.captures_per_subject),
         )
     data = dataclasses.replace(data, seed=s["seed"])
     train = dataclasses.replace(
@@ -98,14 +102,11 @@ def recipe(paradigm: str, s: dict[str, Any], workdir: Path, progress: bool) -> A
         save_on_exit=False,
         checkpoint_every=None,
     )
-    if "epochs" in t:
-        e = t["epochs"]
+    if "max_steps" in t:
+        n = t["max_steps"]
+        warmup = min(train.warmup, n // 10) if train.warmup_unit == "step" else 0
         train = dataclasses.replace(
-            train,
-            epochs=e,
-            milestones=tuple(m for m in (int(0.6 * e), int(0.85 * e)) if 0 < m < e),
-            warmup=min(train.warmup, max(0, e - 1)),
-            batch_size=t.get("batch", train.batch_size),
+            train, max_steps=n, warmup=warmup, batch_size=t.get("batch", train.batch_size)
         )
     return dataclasses.replace(cfg, data=data, train=train, resume=None)
 

@@ -8,7 +8,9 @@
 
 :class:`IrisNet` wraps a core backbone (one input channel) and knows how to make its input
 from images and a :class:`~facelab.immeriris.segment.Segmentation`, so a saved model embeds raw
-ocular images. The crop is square, centred on the iris ellipse's bounding box, ``crop_margin``
+ocular images. ``standardize`` (our option, on in the ``toy`` preset) brings every input to
+zero mean and a fixed spread inside :meth:`forward`, so training and embedding see the same
+thing. The crop is square, centred on the iris ellipse's bounding box, ``crop_margin``
 times its longer side (the paper says "bounding box"; we keep it square so the aspect ratio of
 the iris survives and add a margin so the limbus stays inside): our choice. The strip is
 sampled directly at the network's input size (``strip_size`` = radial x angular) between the
@@ -81,6 +83,15 @@ def strip_input(
     )
 
 
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Each input (N, C, H, W) to zero mean and standard deviation 0.5 (the spread of a
+    [-1, 1] image): removes exposure and display-brightness offsets before the backbone."""
+    x = x.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+    return (x - mean) * (0.5 / std)
+
+
 @register_model(key="facelab.immeriris.IrisNet")
 class IrisNet(nn.Module, PretrainedMixin):
     """A core backbone on one-channel iris crops (NormFree) or strips (NormKeep).
@@ -97,6 +108,7 @@ class IrisNet(nn.Module, PretrainedMixin):
         crop_size: int = 112,
         crop_margin: float = 1.15,
         strip_size: tuple[int, int] | list[int] = (64, 256),
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if paradigm not in PARADIGMS:
@@ -110,6 +122,7 @@ class IrisNet(nn.Module, PretrainedMixin):
         self.crop_size = int(crop_size)
         self.crop_margin = float(crop_margin)
         self.strip_size = (int(strip_size[0]), int(strip_size[1]))
+        self.standardize = bool(standardize)
         opts: dict[str, Any] = {
             "in_channels": 1,
             "input_size": self.input_size,
@@ -133,6 +146,7 @@ class IrisNet(nn.Module, PretrainedMixin):
             "crop_size": self.crop_size,
             "crop_margin": self.crop_margin,
             "strip_size": list(self.strip_size),
+            "standardize": self.standardize,
         }
 
     def prepare(
@@ -144,6 +158,8 @@ class IrisNet(nn.Module, PretrainedMixin):
         return strip_input(images, seg.pupil, seg.iris, self.strip_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            x = standardize(x)
         return self.backbone(x)
 
     @torch.no_grad()
