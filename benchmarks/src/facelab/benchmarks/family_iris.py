@@ -7,7 +7,7 @@ suite) from its ``toy`` preset, ``facelab.immeriris.evaluate.evaluate`` (every m
 protocols, FRR at FAR, EER, d', rank-1; DET plots through ``Report.save``) and
 ``summary_rows``. This module picks the sizes per level and arranges the rows.
 
-Levels: ``quick`` NormFree (the toy preset cut to 300 of its 1000 steps) vs classical, oracle
+Levels: ``quick`` NormFree (the toy preset cut to 200 of its 1000 steps) vs classical, oracle
 segmentation, on the ``Control`` and ``Gaze`` protocols (frontal vs off-axis probes), left eye
 and both eyes; ``suite`` the toy preset as the package defines it, NormFree and NormKeep, all
 eight protocols, oracle and our segmentation; ``small`` a smoke-test size.
@@ -72,9 +72,9 @@ def settings(level: str, seed: int) -> dict[str, Any]:
     return {
         "paradigms": ("normfree",),
         # the toy preset's data and recipe (every capture of 200 training subjects rendered
-        # per batch, standardized crops, AdamW + cosine), 300 of its 1000 steps
-        "train": {"max_steps": 300},
-        "eval_subjects": 20,
+        # per batch, standardized crops, AdamW + cosine), 200 of its 1000 steps: ~150 CPU s
+        "train": {"max_steps": 200},
+        "eval_subjects": 16,
         "protocols": ("Control", "Gaze"),
         "segmentations": ("oracle",),
         "seed": seed,
