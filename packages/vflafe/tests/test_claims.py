@@ -32,7 +32,7 @@ def test_afe_beats_plain_at_equal_epsilon_when_the_clip_norm_is_not_tuned(data):
     """epsilon 8, C = 10 (ten times the default clip norm, which suits our bottom models),
     mean of seeds 0-2. Calibration (6 epochs): one thread, seeds 0-4: AFE 0.832 / 0.755 / 0.762 / 0.825 /
     0.783 (mean of seeds 0-2: 0.783), plain 0.538 / 0.524 / 0.643 / 0.622 / 0.524 (mean of
-    seeds 0-2: 0.569); two threads, seeds 0-1: the same values to the last digit. Asserted: AFE's
+    seeds 0-2: 0.569); two threads, seeds 0-4: the same values to the last digit. Asserted: AFE's
     mean above 0.68 and above plain's by 0.06 (measured gap 0.21)."""
     afe = [_run(data, "afe", s, eps=8.0, clip=10.0) for s in range(3)]
     plain = [_run(data, "plain", s, eps=8.0, clip=10.0) for s in range(3)]
@@ -46,7 +46,7 @@ def test_afe_beats_plain_at_equal_epsilon_when_the_clip_norm_is_not_tuned(data):
 
 
 def test_dp_worsens_inversion_and_gradient_noise_hides_labels(data):
-    """Calibration (one thread, seeds 0-4; two threads, seeds 0-1: identical values): no DP:
+    """Calibration (one thread, seeds 0-4; two threads, seeds 0-4: identical values): no DP:
     inversion relative MSE 0.15-0.23, direction AUC 1.0, accuracy 0.944-0.958; AFE at epsilon
     8: relative MSE 1.95-2.33 (worse than predicting the mean); no DP + gradient noise (clip
     0.05, multiplier 1): direction AUC 0.498-0.534, norm AUC 0.501-0.532, accuracy
