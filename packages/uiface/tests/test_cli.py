@@ -218,3 +218,20 @@ def test_bad_input_one_line_exit_2(generator, tmp_path, capsys, argv, needle):
     assert len(err) == 1 and err[0].startswith(f"facelab uiface {args[0]}: error:"), err
     assert needle in err[0]
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_clip_sample_reaches_the_sampler(generator, tmp_path, capsys):
+    """``--clip-sample`` (core's x0 clipping) changes what an untrained generator draws for the
+    same seed; without the flag the draw is the reference sampler's, reproduced exactly."""
+
+    def draw(name, *extra):
+        out = tmp_path / name
+        argv = ["sample", "--generator", str(generator), "--out", str(out), "--identities", "1"]
+        argv += ["--images-per-identity", "2", "--variant", "single-stage", *extra, *FAST]
+        rc, _, err = _run(argv, capsys)
+        assert rc == 0, err
+        return [(out / "000000" / f"000{i}.png").read_bytes() for i in range(2)]
+
+    plain, again, clipped = draw("plain"), draw("again"), draw("clipped", "--clip-sample")
+    assert plain == again
+    assert clipped != plain

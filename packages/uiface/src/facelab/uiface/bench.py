@@ -42,6 +42,7 @@ def fr_claim(
     variants: Sequence[str] = CLAIM_VARIANTS,
     images_per_identity: int = 16,
     steps: int = 50,
+    clip_sample: bool = False,
     fr_epochs: int = 12,
     sampling: UIFaceSamplingConfig | None = None,
     recognizer_steps: int = 400,
@@ -63,7 +64,7 @@ def fr_claim(
         raise RangeError(f"variants: expected names from {list(VARIANTS)}, got {list(variants)}")
     t0 = time.perf_counter()
     sampling = sampling or sampling_presets()["toy"]
-    base = load_sampler(generator, num_steps=steps)
+    base = load_sampler(generator, num_steps=steps, clip_sample=clip_sample)
     UIFaceSampler(base, sampling)  # thresholds vs the schedule, the empty context
     data = uiface_presets()["toy"].data
     setup = toy_setup(data, recognizer_steps=recognizer_steps, seed=0)

@@ -70,6 +70,9 @@ class SampleArgs:
     """stage-2 guidance s in the reference form (1 + s) e_c - s e_u"""
     injection_weight: float | None = None
     steps: int = 50
+    clip_sample: bool = False
+    """clip each step's predicted x0 to [-1, 1] (core's ``clip_sample``; off = the reference
+    sampler). Pixel-space toy generators need it to carry identity"""
     alpha_prev: Literal["diffusers", "reference"] = "diffusers"
     """previous-alpha convention: diffusers' alpha_bar[t_prev], or the reference's
     alpha_bar[t_prev - 1] (reproduces the released datasets)"""
@@ -103,6 +106,9 @@ class EvalArgs:
     )
     images_per_identity: int = 16
     steps: int = 50
+    clip_sample: bool = False
+    """clip each step's predicted x0 to [-1, 1] (core's ``clip_sample``; off = the reference
+    sampler). Pixel-space toy generators need it to carry identity"""
     seed: int = 0
     train_fr: bool = True
     """train the core ArcFace toy recipe on each dataset; accuracy on held-out real toyfaces"""
@@ -140,7 +146,11 @@ def sample_command(args: SampleArgs) -> int:
     from facelab.uiface.sampler import UIFaceSampler
 
     cfg = _sampling(args)
-    kwargs = {"num_steps": args.steps, "alpha_prev": args.alpha_prev}
+    kwargs = {
+        "num_steps": args.steps,
+        "alpha_prev": args.alpha_prev,
+        "clip_sample": args.clip_sample,
+    }
     if (args.generator is None) == (args.checkpoint is None):
         raise FacelabError("give exactly one of --generator and --checkpoint")
     if args.checkpoint is not None:
@@ -233,7 +243,7 @@ def _eval_ablation(args: EvalArgs, out: Path) -> int:
             "identities, which only the toy preset has; use --dataset for other generators"
         )
     cfg = _sampling(args)
-    base = load_sampler(args.generator, num_steps=args.steps)
+    base = load_sampler(args.generator, num_steps=args.steps, clip_sample=args.clip_sample)
     from facelab.uiface.sampler import UIFaceSampler
 
     UIFaceSampler(base, cfg)  # bad thresholds / a model without empty context fail here
@@ -252,6 +262,7 @@ def _eval_ablation(args: EvalArgs, out: Path) -> int:
             variants=args.variants,
             images_per_identity=args.images_per_identity,
             steps=args.steps,
+            clip_sample=args.clip_sample,
             fr_epochs=args.fr_epochs,
             sampling=cfg,
             train_fr=args.train_fr,
