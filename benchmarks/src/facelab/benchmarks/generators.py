@@ -169,23 +169,22 @@ def load_toy_sampler(weights: Path, num_steps: int) -> Any:
     return sampler
 
 
-def base_write(
+def _write(
+    generate: Any,
+    sampler: Any,
     weights: Path,
     out_dir: Path,
+    label: str,
     *,
     identities: int,
     images_per_identity: int,
     seed: int,
     image_size: int,
-    num_steps: int,
     progress: bool,
-    label: str = "synthesis base (core)",
 ) -> Path:
-    """Core's ``generate_dataset`` with the toy generator's own contexts."""
-    from facelab.core.diffusion.generate import generate_dataset
-
-    sampler = load_toy_sampler(weights, num_steps)
-    generate_dataset(
+    """One dataset from ``sampler`` on the toy generator's own contexts through ``generate``
+    (core's ``generate_dataset`` or a method's wrapper of it, same arguments)."""
+    generate(
         sampler,
         toy_contexts(weights, identities),
         out_dir,
@@ -197,6 +196,21 @@ def base_write(
         run_info={"generator": label, "weights": read_info(weights)},
     )
     return Path(out_dir)
+
+
+def base_write(
+    weights: Path,
+    out_dir: Path,
+    *,
+    num_steps: int,
+    label: str = "synthesis base (core)",
+    **kwargs: Any,
+) -> Path:
+    """Core's ``generate_dataset`` with the toy generator's own contexts."""
+    from facelab.core.diffusion.generate import generate_dataset
+
+    sampler = load_toy_sampler(weights, num_steps)
+    return _write(generate_dataset, sampler, weights, out_dir, label, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,33 +227,12 @@ def uiface_train(out_dir: Path, *, steps: int | None, seed: int, progress: bool)
     return res.output_dir / "generator"
 
 
-def uiface_write(
-    weights: Path,
-    out_dir: Path,
-    *,
-    identities: int,
-    images_per_identity: int,
-    seed: int,
-    image_size: int,
-    num_steps: int,
-    progress: bool,
-) -> Path:
+def uiface_write(weights: Path, out_dir: Path, *, num_steps: int, **kwargs: Any) -> Path:
     """UIFace's two-stage sampling (its ``toy`` sampling preset) through ``uiface.generate``."""
     from facelab.uiface import UIFaceSampler, generate, sampling_presets
 
     sampler = UIFaceSampler(load_toy_sampler(weights, num_steps), sampling_presets()["toy"])
-    generate(
-        sampler,
-        toy_contexts(weights, identities),
-        out_dir,
-        images_per_identity=images_per_identity,
-        batch_size=64,
-        seed=seed,
-        image_size=image_size,
-        progress=progress,
-        run_info={"generator": "UIFace", "weights": read_info(weights)},
-    )
-    return Path(out_dir)
+    return _write(generate, sampler, weights, out_dir, "UIFace", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
