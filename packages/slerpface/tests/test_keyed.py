@@ -12,9 +12,11 @@ from safetensors.torch import save_file
 from facelab.core.errors import (
     FormatError,
     KeyMismatchError,
+    NonFiniteError,
     RangeError,
     ShapeError,
     UnknownNameError,
+    ZeroVectorError,
 )
 from facelab.slerpface import (
     KeyRecord,
@@ -186,6 +188,26 @@ def test_key_record_checks_and_never_prints_keys():
         KeyRecord(k, torch.full((3, 4), 0.5))
     with pytest.raises(ShapeError):
         KeyRecord(k, torch.full((3, 5), 0.2))
+
+
+def test_cached_key_norms_follow_the_record_and_bad_keys_still_fail():
+    """The record's cached key norms (which spare protect / match a pass over the keys) are the
+    norms of its own keys after select / with_weights, and a zero or NaN key group is still
+    refused by name in the keyed path."""
+    t, w, q, wq, k = _data(6, seed=2)
+    rec = KeyRecord(k, w)
+    _ = rec.key_norms, rec.stored_keys
+    rows = torch.tensor([4, 1])
+    for derived, keys in ((rec.select(rows), k[rows]), (rec.with_weights(w), k)):
+        assert_close(derived.key_norms, keys.norm(dim=-1, keepdim=True), atol=1e-12)
+        assert_close(derived.stored_keys, KeyRecord(keys).stored_keys, atol=0)
+    for bad_value, error in ((0.0, ZeroVectorError), (float("nan"), NonFiniteError)):
+        kb = k.clone()
+        kb[3, 7] = bad_value
+        with pytest.raises(error, match="keys"):
+            protect(t, w, KeyRecord(kb, w), storage="keyed")
+        with pytest.raises(error, match="keys"):
+            match(protect(t, w, rec, storage="keyed"), q, wq, KeyRecord(kb, w), storage="keyed")
 
 
 def test_matching_without_the_key_record_fails_clearly():

@@ -304,7 +304,7 @@ def _keyed_rows(
     n = t.shape[0]
     reps = max(5, 2 * repeat + 1)
     rec = KeyRecord(k, w)
-    _ = rec.stored_keys  # prepared with the record
+    _ = rec.stored_keys, rec.key_norms  # prepared with the record
     gen = torch.Generator(device=t.device).manual_seed(7)
     t_paper, t_keyed = _alternating(
         lambda: protect(t, w, k, generator=gen),
@@ -348,13 +348,13 @@ def _keyed_rows(
     if device is None:  # key generation is a CPU (OS CSPRNG) job
         t_gen, t_rec = _alternating(
             lambda: generate_keys(n, t.shape[1], t.shape[2]),
-            lambda: KeyRecord(k).stored_keys,
+            lambda: (lambda r: (r.stored_keys, r.key_norms))(KeyRecord(k)),
             max(3, repeat),
         )
         rows.append(
             _row(
                 f"slerpface keyed record preparation, n={n}",
-                "KeyRecord: key_permutation + keys in storage order",
+                "KeyRecord: key_permutation, keys in storage order, key norms",
                 "generate_keys (OS CSPRNG) of the same keys",
                 n / t_rec,
                 n / t_gen,

@@ -155,9 +155,10 @@ class KeyRecord:
     from the keys (``key_permutation``; derived here when not given, else checked to be
     permutations). ``protect`` / ``match`` / ``search`` take a record in place of the keys.
 
-    Derived once per record and cached: ``inverse`` (where each group sits in storage) and
+    Derived once per record and cached: ``inverse`` (where each group sits in storage),
     ``stored_keys`` (the key groups in storage order), which let protect and match produce the
-    rotated groups directly in storage order.
+    rotated groups directly in storage order, and ``key_norms`` (which spares them a pass over
+    the keys).
     """
 
     keys: torch.Tensor
@@ -183,12 +184,13 @@ class KeyRecord:
         keys: torch.Tensor,
         weights: torch.Tensor | None,
         order: torch.Tensor,
-        stored_keys: torch.Tensor | None = None,
+        cache: dict[str, torch.Tensor] | None = None,
     ) -> KeyRecord:
-        """A record from parts this package derived and checked itself (no re-validation)."""
+        """A record from parts this package derived and checked itself (no re-validation), with
+        the derived tensors already computed for these keys (``cache``)."""
         rec = cls.__new__(cls)
         rec.keys, rec.weights, rec.order = keys, weights, order
-        rec._cache = {} if stored_keys is None else {"stored_keys": stored_keys}
+        rec._cache = dict(cache or {})
         return rec
 
     @property
@@ -197,6 +199,19 @@ class KeyRecord:
         if "inverse" not in self._cache:
             self._cache["inverse"] = inverse_order(self.order)  # type: ignore[arg-type]
         return self._cache["inverse"]
+
+    @property
+    def key_norms(self) -> torch.Tensor:
+        """``(n, m, 1)``: each key group's norm, in the keys' own order (checked once: finite and
+        non-zero), so protect and match need not read the keys for it again."""
+        if "key_norms" not in self._cache:
+            from facelab.slerpface._checks import check_group_norms
+
+            wide = torch.float64 if self.keys.dtype == torch.float64 else torch.float32
+            nk = torch.linalg.vector_norm(self.keys, dim=-1, keepdim=True, dtype=wide)
+            check_group_norms(nk, self.keys, "keys")
+            self._cache["key_norms"] = nk
+        return self._cache["key_norms"]
 
     @property
     def stored_keys(self) -> torch.Tensor:
@@ -209,7 +224,7 @@ class KeyRecord:
         """The same keys and order with (checked) ``weights``."""
         n, m, _ = self.keys.shape
         w = check_weights(weights, n, m, "key record weights")
-        return KeyRecord._trusted(self.keys, w, self.order, self._cache.get("stored_keys"))  # type: ignore[arg-type]
+        return KeyRecord._trusted(self.keys, w, self.order, self._cache)  # type: ignore[arg-type]
 
     def to(self, device: torch.device | str) -> KeyRecord:
         """The record on ``device`` (caches moved along)."""
@@ -217,12 +232,11 @@ class KeyRecord:
         if self.keys.device == dev:
             return self
         w = None if self.weights is None else self.weights.to(dev)
-        stored = self._cache.get("stored_keys")
         return KeyRecord._trusted(
             self.keys.to(dev),
             w,
             self.order.to(dev),  # type: ignore[union-attr]
-            None if stored is None else stored.to(dev),
+            {name: x.to(dev) for name, x in self._cache.items()},
         )
 
     def __len__(self) -> int:
@@ -231,12 +245,11 @@ class KeyRecord:
     def select(self, rows: slice | torch.Tensor) -> KeyRecord:
         """A subset of the records (int index lists, tensors or slices)."""
         w = None if self.weights is None else self.weights[rows]
-        stored = self._cache.get("stored_keys")
         return KeyRecord._trusted(
             self.keys[rows],
             w,
             self.order[rows],  # type: ignore[index]
-            None if stored is None else stored[rows],
+            {name: x[rows] for name, x in self._cache.items()},
         )
 
     def __repr__(self) -> str:  # never print key material

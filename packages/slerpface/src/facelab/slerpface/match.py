@@ -181,9 +181,9 @@ def match(
     w = check_weights(probe_weights, q.shape[0], q.shape[1], "probe_weights")
     dt = compute_dtype(q)
     w = w.to(device=q.device, dtype=dt)
-    order = k_stored = gw = None
+    order = k_stored = k_norms = gw = None
     if rec is not None:
-        order, k_stored = rec.order, rec.stored_keys
+        order, k_stored, k_norms = rec.order, rec.stored_keys, rec.key_norms
         gw = rec.weights.to(dt).gather(1, order)  # type: ignore[union-attr]  # storage order
     scores = torch.empty(q.shape[0], dtype=dt, device=q.device)
     # two block-sized buffers reused by every block (fresh multi-MB temporaries cost page
@@ -197,10 +197,10 @@ def match(
         # the gallery check, block by block while the block is in cache
         if order is None:
             _check_mass(gb, g, i, "gallery")
-            ob = ks = None
+            ob = ks = kn = None
         else:
             check_keyed_groups(gb, i, "gallery", g)
-            ob, ks = order[sl], k_stored[sl]  # type: ignore[index]
+            ob, ks, kn = order[sl], k_stored[sl], k_norms[sl]  # type: ignore[index]
         # keyed: the probe's rotated groups come out in the gallery's storage order
         # (keyed: into a fresh block, the gather allocates one anyway)
         r = slerp_block(
@@ -214,6 +214,7 @@ def match(
             rbuf[:b] if ob is None else None,
             ob,
             ks,
+            kn,
         )
         # g is zero where the gallery dropped a coordinate, so g.r needs no mask
         dots = torch.mul(gb, r, out=tmp[:b]).sum(-1)  # (b, m)

@@ -327,14 +327,20 @@ def _slerp_coefficients(
     k: torch.Tensor,
     alphas: torch.Tensor,
     names: tuple[str, str] | None,
+    k_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-group ``A``, ``B`` (``(..., 1)``) with ``slerp = A t + B k`` and the groups too close
-    to th = 0 or pi for them (``(...)`` bool; see ``slerp_groups``)."""
+    to th = 0 or pi for them (``(...)`` bool; see ``slerp_groups``). ``k_norms``: the key
+    group norms ``(..., 1)`` when already known and checked (``KeyRecord.key_norms``)."""
     nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
-    nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
     if names is not None:
         check_group_norms(nt, t, names[0])
-        check_group_norms(nk, k, names[1])
+    if k_norms is None:
+        nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
+        if names is not None:
+            check_group_norms(nk, k, names[1])
+    else:
+        nk = k_norms.to(t.dtype)
     c = (torch.linalg.vecdot(t, k).unsqueeze(-1) / (nt * nk)).clamp_(-1.0, 1.0)
     s = (1.0 - c * c).clamp_(min=0.0).sqrt_()
     phi = alphas.unsqueeze(-1) * torch.atan2(s, c)
@@ -377,14 +383,17 @@ def slerp_groups_ordered(
     k_stored: torch.Tensor,
     names: tuple[str, str] | None = ("templates", "keys"),
     out: torch.Tensor | None = None,
+    k_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``slerp_groups(t, k, alphas)`` with position ``j`` holding group ``order[:, j]``, for
-    ``(b, m, d)`` inputs; ``k_stored`` is ``k`` in that order (``KeyRecord.stored_keys``).
+    ``(b, m, d)`` inputs; ``k_stored`` is ``k`` in that order (``KeyRecord.stored_keys``) and
+    ``k_norms`` its group norms in ``k``'s order (``KeyRecord.key_norms``; computed when None).
 
     The first pass over ``t`` gathers and scales it at once (``gather_groups``), so the result
-    costs one gather more than ``slerp_groups`` minus one multiply pass.
+    costs one gather more than ``slerp_groups`` minus one multiply pass; with ``k_norms`` given
+    it also reads the keys one time fewer.
     """
-    coef_t, coef_k, near = _slerp_coefficients(t, k, alphas, names)
+    coef_t, coef_k, near = _slerp_coefficients(t, k, alphas, names, k_norms)
     ct = coef_t.squeeze(-1).gather(1, order)
     ck = coef_k.squeeze(-1).gather(1, order).unsqueeze(-1)
     tg = gather_groups(t, order, ct)
@@ -469,9 +478,9 @@ def protect(
             )
     else:
         generator = _generator(t.device, generator)
-    order = k_stored = None
+    order = k_stored = k_norms = None
     if rec is not None:
-        order, k_stored = rec.order, rec.stored_keys
+        order, k_stored, k_norms = rec.order, rec.stored_keys, rec.key_norms
     out = torch.empty((b, m, d), dtype=dt, device=t.device)
     # blocks of templates that stay in cache: several times faster than whole-batch passes
     for i in range(0, b, BLOCK):
@@ -479,9 +488,12 @@ def protect(
         wb = w[sl]
         ob = None if order is None else order[sl]
         ks = None if k_stored is None else k_stored[sl]
+        kn = None if k_norms is None else k_norms[sl]
         # computed in place in the output (no block-sized temporary to allocate); keyed: each
         # group written straight to its stored position
-        p = slerp_block(t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"), out[sl], ob, ks)
+        p = slerp_block(
+            t[sl], k[sl], alpha - wb, dt, t, k, ("templates", "keys"), out[sl], ob, ks, kn
+        )
         if dropped is None:
             keep = _keep_mask(wb, drop_rate, group_size, sampling, gap_base, generator, ob)
         else:
@@ -516,15 +528,16 @@ def slerp_block(
     out: torch.Tensor | None = None,
     order: torch.Tensor | None = None,
     k_stored: torch.Tensor | None = None,
+    k_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``slerp_groups`` on one block (``slerp_groups_ordered`` with ``order`` and ``k_stored``);
-    a bad input is reported against the whole batch (so the template index in the message is
-    global)."""
+    """``slerp_groups`` on one block (``slerp_groups_ordered`` with ``order``, ``k_stored`` and
+    ``k_norms``); a bad input is reported against the whole batch (so the template index in the
+    message is global)."""
     try:
         if order is None or k_stored is None:
             return slerp_groups(tb.to(dt), kb.to(dt), alphas, names, out=out)
         return slerp_groups_ordered(
-            tb.to(dt), kb.to(dt), alphas, order, k_stored.to(dt), names, out=out
+            tb.to(dt), kb.to(dt), alphas, order, k_stored.to(dt), names, out=out, k_norms=k_norms
         )
     except FacelabError:
         for x, name in zip((t_full, k_full), names):
