@@ -84,3 +84,38 @@ def test_bench_summary_mean_and_sample_std():
     assert "| adaptive | 1 | 0.100 ± 0.000 |" in markdown_table(rows)
     with pytest.raises(FacelabError, match="modes"):
         TendencyBenchConfig(modes=("random",))
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_bench_runs_end_to_end_and_samples_with_its_clip_setting(monkeypatch, clip):
+    """The whole comparison at a few steps: one row per mode with the report's fields, and the
+    sampler built with the config's x0 clipping (a spy around the real ``load_generator``)."""
+    import facelab.core.diffusion.train as dtrain
+    from facelab.steerface.bench import TendencyBenchConfig, tendency_rows
+
+    seen = []
+    real = dtrain.load_generator
+
+    def spy(directory, **kw):
+        sampler = real(directory, **kw)
+        seen.append(bool(sampler.scheduler.config.clip_sample))
+        return sampler
+
+    monkeypatch.setattr(dtrain, "load_generator", spy)
+    cfg = TendencyBenchConfig(
+        toy=TendencyToyConfig(identities=4, images_per_identity=8, max_pool=256),
+        modes=("off", "adaptive"),
+        seeds=(0,),
+        steps=2,
+        batch_size=4,
+        images_per_identity=2,
+        sample_steps=2,
+        probe_steps=2,
+        id_recognizer_steps=21,  # the toy recognizer warms up for 20 steps
+        fr_steps=0,
+        clip_sample=clip,
+    )
+    rows = tendency_rows(cfg, log=lambda *_: None)
+    assert [r["mode"] for r in rows] == ["off", "adaptive"]
+    assert seen == [clip, clip]
+    assert all(np.isfinite(r["tv_identity_mean"]) for r in rows)

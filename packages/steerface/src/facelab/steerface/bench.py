@@ -52,6 +52,9 @@ class TendencyBenchConfig:
     reg_weight: float = 10.0
     images_per_identity: int = 16
     sample_steps: int = 25
+    clip_sample: bool = True
+    """clip each step's predicted x0 to [-1, 1] when sampling (core ``IdentitySampler``): the
+    pixel-space toy generators carry identity only with it (core README, toy section)"""
     probe_steps: int = 400
     id_recognizer_steps: int = 300
     fr_steps: int = 300
@@ -157,7 +160,9 @@ def tendency_rows(cfg: TendencyBenchConfig, log=print) -> list[dict[str, Any]]:
                 hook = SteerTransform(steer_cfg, dim=toy_cfg.embedding_dim)
                 res = train_diffusion(synth, context_transform=hook)
                 train_s = time.perf_counter() - t1
-                sampler = load_generator(out, num_steps=cfg.sample_steps)
+                sampler = load_generator(
+                    out, num_steps=cfg.sample_steps, clip_sample=cfg.clip_sample
+                )
                 rep = tendency_report(
                     sampler,
                     toyset,
