@@ -9,6 +9,8 @@ from facelab.ariba.app import (
     evaluate_arrays,
     make_client_app,
     make_server_app,
+    run_summary,
+    write_app_project,
 )
 from facelab.ariba.attacks import ATTACKS, AttackConfig, LocalConfig, client_update
 from facelab.ariba.compare import SCENARIOS, CompareConfig, compare, quality_rows
@@ -27,7 +29,13 @@ from facelab.ariba.detect import (
 )
 from facelab.ariba.fragments import FragmentConfig, fragments, stack_fragments
 from facelab.ariba.model import SmallCNN
-from facelab.ariba.simulate import InProcessGrid, RunResult, run_flower_simulation, simulate
+from facelab.ariba.simulate import (
+    InProcessGrid,
+    RunResult,
+    run_flower_simulation,
+    simulate,
+    simulate_summary,
+)
 from facelab.ariba.strategy import ARIBA, NormClipping, NormDetection, RoundReport
 from facelab.ariba.train import train
 
@@ -70,7 +78,10 @@ __all__ = [
     "quality_rows",
     "robust_z",
     "run_flower_simulation",
+    "run_summary",
     "simulate",
+    "simulate_summary",
     "stack_fragments",
     "train",
+    "write_app_project",
 ]

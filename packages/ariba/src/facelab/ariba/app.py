@@ -3,17 +3,22 @@
 ``make_client_app(cfg)`` trains each node's Dirichlet share of the data (its behaviour, benign
 or attacker, from its partition id); ``make_server_app(cfg)`` runs a strategy from
 ``build_strategy`` with a server-side evaluation of main-task accuracy and attack success
-rate. The same objects run in Flower's simulation (``run_simulation``, Ray), under ``flwr run``
-(``client_app`` / ``server_app`` below read ``context.run_config``) and in the in-process
-grid of ``facelab.ariba.simulate``.
+rate. The same objects run in Flower's simulation (``run_simulation``, Ray), in a deployment
+(``flower-superlink``, one ``flower-supernode --node-config "partition-id=K"`` per client,
+``flwr run`` of the project ``write_app_project`` writes; ``client_app`` / ``server_app``
+below read ``context.run_config``) and in the in-process grid of ``facelab.ariba.simulate``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +41,7 @@ from facelab.ariba.attacks import AttackConfig, LocalConfig, client_update
 from facelab.ariba.data import DataConfig, Split, Trigger, dirichlet_split, load
 from facelab.ariba.detect import DetectorConfig
 from facelab.ariba.model import SmallCNN
-from facelab.ariba.strategy import ARIBA, NormClipping, NormDetection
+from facelab.ariba.strategy import ARIBA, DeltaStrategy, NormClipping, NormDetection
 from facelab.core.errors import RangeError, UnknownNameError
 
 # nothing of ours may phone home: Flower's telemetry is off unless the user turns it on
@@ -236,13 +241,22 @@ def make_client_app(cfg: SimConfig) -> ClientApp:
 
 
 def run_server(
-    cfg: SimConfig, grid: Grid, strategy: Strategy | None = None
+    cfg: SimConfig,
+    grid: Grid,
+    strategy: Strategy | None = None,
+    marks: list[float] | None = None,
 ) -> tuple[Strategy, Any]:
-    """Run ``cfg.rounds`` rounds on ``grid``; returns the strategy and Flower's ``Result``."""
+    """Run ``cfg.rounds`` rounds on ``grid``; returns the strategy and Flower's ``Result``.
+    ``marks`` (optional) gets ``time.perf_counter()`` at every server-side evaluation (round 0
+    = the initial model, then after each round): round ``r`` took ``marks[r] - marks[r-1]``
+    (send, local training, replies, aggregation and the evaluation)."""
     strategy = strategy if strategy is not None else build_strategy(cfg)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        return MetricRecord(evaluate_arrays(cfg, arrays))
+        out = MetricRecord(evaluate_arrays(cfg, arrays))
+        if marks is not None:
+            marks.append(time.perf_counter())
+        return out
 
     result = strategy.start(
         grid=grid,
@@ -266,13 +280,126 @@ def make_server_app(cfg: SimConfig, sink: dict[str, Any] | None = None) -> Serve
     return app
 
 
+def run_summary(cfg: SimConfig, strategy: Strategy, result: Any, marks: list[float]) -> dict:
+    """A run as plain data (what a deployed ServerApp writes to ``result-file``): per round the
+    server's accuracy and ASR, the round's wall time and, for a defending strategy, how many
+    replies it saw and pruned and the (tp, fp, fn) of its exclusions against the attackers."""
+    evals = result.evaluate_metrics_serverapp
+    history = strategy.history if isinstance(strategy, DeltaStrategy) else []
+    rounds = []
+    for r in range(1, cfg.rounds + 1):
+        ev = evals.get(r, {})
+        rep = next((h for h in history if h.server_round == r), None)
+        conf = rep.confusion() if rep is not None else None
+        rounds.append(
+            {
+                "round": r,
+                "accuracy": float(ev.get("accuracy", math.nan)),
+                "asr": float(ev.get("asr", math.nan)),
+                "seconds": marks[r] - marks[r - 1] if r < len(marks) else math.nan,
+                "replies": len(rep.node_ids) if rep is not None else None,
+                "pruned": len(rep.pruned) if rep is not None else None,
+                "confusion": list(conf) if conf is not None else None,
+            }
+        )
+    init = evals.get(0, {})
+    return {
+        "strategy": cfg.strategy,
+        "initial": {k: float(v) for k, v in dict(init).items()},
+        "rounds": rounds,
+    }
+
+
+# ---------------------------------------------------------------------------- deployment
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def run_config_of(cfg: SimConfig) -> dict[str, Any]:
+    """The Flower run config of ``cfg`` (the keys ``config_from_run_config`` reads; the rest
+    of ``cfg`` must be at its defaults)."""
+    rc = {
+        "strategy": cfg.strategy,
+        "num-clients": cfg.num_clients,
+        "rounds": cfg.rounds,
+        "alpha": cfg.alpha,
+        "seed": cfg.seed,
+        "dataset": cfg.data.name,
+        "attack": cfg.attack.kind,
+        "num-attackers": cfg.attack.num_attackers,
+        "local-epochs": cfg.local.local_epochs,
+        "num-prune": -1 if cfg.num_prune is None else cfg.num_prune,
+        "result-file": "",
+    }
+    back = config_from_run_config(rc)
+    if back != cfg:
+        diff = [
+            f.name for f in dataclasses.fields(cfg) if getattr(back, f.name) != getattr(cfg, f.name)
+        ]
+        raise RangeError(
+            f"run config: the Flower app reads {sorted(rc)}; cfg differs from their defaults "
+            f"in {diff}"
+        )
+    return rc
+
+
+def write_app_project(out_dir: str | Path, cfg: SimConfig | None = None) -> Path:
+    """Write the Flower app project that ``flwr run`` deploys: ``out_dir/pyproject.toml`` with
+    ``[tool.flwr.app.components]`` (``server_app`` / ``client_app`` below) and the run config
+    of ``cfg`` under ``[tool.flwr.app.config]`` (``flwr run --run-config`` overrides only keys
+    listed there). The apps are imported from the environment the SuperLink / SuperNodes run
+    in (facelab-ariba installed there). Returns the project folder."""
+    from importlib.metadata import version
+
+    rc = run_config_of(cfg if cfg is not None else SimConfig())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = "\n".join(f"{k} = {_toml(v)}" for k, v in rc.items())
+    (out / "pyproject.toml").write_text(
+        f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "facelab-ariba-app"
+version = "{version("facelab-ariba")}"
+description = "ARIBA as a Flower app: the server runs the strategy, each SuperNode a client"
+license = "MIT"
+dependencies = ["facelab-ariba", "flwr>=1.22,<2"]
+
+[tool.flwr.app]
+publisher = "facelab"
+
+[tool.flwr.app.components]
+serverapp = "facelab.ariba.app:server_app"
+clientapp = "facelab.ariba.app:client_app"
+
+[tool.flwr.app.config]
+{keys}
+"""
+    )
+    return out
+
+
+def node_configs(cfg: SimConfig) -> list[dict[str, int]]:
+    """The ``--node-config`` of each client's SuperNode (as Flower's simulation sets them)."""
+    return [{"partition-id": i, "num-partitions": cfg.num_clients} for i in range(cfg.num_clients)]
+
+
 # ---------------------------------------------------------------------------- `flwr run`
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> SimConfig:
     """A ``SimConfig`` from a Flower run config (``pyproject.toml [tool.flwr.app.config]`` or
     ``--run-config``): flat keys ``strategy``, ``num-clients``, ``rounds``, ``alpha``, ``seed``,
-    ``dataset``, ``attack``, ``num-attackers``, ``local-epochs``, ``num-prune``."""
+    ``dataset``, ``attack``, ``num-attackers``, ``local-epochs``, ``num-prune`` (and
+    ``result-file``, read by ``server_app``)."""
     rc = dict(run_config)
     known = {
         "strategy",
@@ -285,6 +412,7 @@ def config_from_run_config(run_config: dict[str, Any]) -> SimConfig:
         "num-attackers",
         "local-epochs",
         "num-prune",
+        "result-file",
     }
     unknown = sorted(set(rc) - known)
     if unknown:
@@ -320,4 +448,12 @@ server_app = ServerApp()
 
 @server_app.main()
 def _flwr_main(grid: Grid, context: Context) -> None:
-    run_server(config_from_run_config(context.run_config), grid)
+    cfg = config_from_run_config(context.run_config)
+    marks: list[float] = []
+    strategy, result = run_server(cfg, grid, marks=marks)
+    target = str(context.run_config.get("result-file", ""))
+    if target:
+        path = Path(target)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(run_summary(cfg, strategy, result, marks)))
+        tmp.replace(path)  # whoever waits for the file never reads half of it

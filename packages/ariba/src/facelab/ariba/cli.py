@@ -1,4 +1,4 @@
-"""``facelab ariba simulate | train | compare | detect``."""
+"""``facelab ariba simulate | train | compare | detect | flower-app``."""
 
 from __future__ import annotations
 
@@ -112,7 +112,29 @@ def detect(
     return 0
 
 
-COMMANDS = {"simulate": simulate, "train": train, "compare": compare, "detect": detect}
+@checked_command
+def flower_app(cfg: SimConfig, out: str = "ariba-app") -> int:
+    """Write the Flower app project (``OUT/pyproject.toml``) that ``flwr run`` deploys; the
+    run config holds the keys the deployed app reads (cfg must keep the other fields at their
+    defaults)."""
+    from facelab.ariba.app import node_configs, write_app_project
+
+    folder = write_app_project(out, cfg)
+    nodes = " ".join(
+        "--node '" + " ".join(f"{k}={v}" for k, v in n.items()) + "'" for n in node_configs(cfg)
+    )
+    print(f"wrote {folder / 'pyproject.toml'}")
+    print(f"deploy on this machine: python scripts/flower_deploy.py app {folder} {nodes}")
+    return 0
+
+
+COMMANDS = {
+    "simulate": simulate,
+    "train": train,
+    "compare": compare,
+    "detect": detect,
+    "flower-app": flower_app,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

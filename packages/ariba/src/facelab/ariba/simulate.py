@@ -27,6 +27,7 @@ from facelab.ariba.app import (
     make_client_app,
     make_server_app,
     run_server,
+    run_summary,
 )
 from facelab.ariba.strategy import DeltaStrategy, RoundReport, ensure_task_identity
 
@@ -174,6 +175,16 @@ def simulate(cfg: SimConfig, strategy: Strategy | None = None, verbose: bool = F
     grid = InProcessGrid(make_client_app(cfg), cfg.num_clients)
     strategy, result = run_server(cfg, grid, strategy)
     return _collect(cfg, strategy, result, seconds)
+
+
+def simulate_summary(cfg: SimConfig) -> dict:
+    """``cfg`` on the in-process grid, as the plain-data summary a deployed ServerApp writes
+    (``run_summary``): to compare a deployment with the in-process loop."""
+    quiet_flower()
+    marks: list[float] = []
+    grid = InProcessGrid(make_client_app(cfg), cfg.num_clients)
+    strategy, result = run_server(cfg, grid, marks=marks)
+    return run_summary(cfg, strategy, result, marks)
 
 
 def _flower_child(cfg: SimConfig, num_cpus: int, verbose: bool, queue: Any) -> None:

@@ -1,4 +1,4 @@
-"""``facelab vflafe train | attack | compare | flower``.
+"""``facelab vflafe train | attack | compare | flower | flower-app``.
 
 * ``train``: one VFL run (no DP, plain clip + noise or VFL-AFE) at a target epsilon or a given
   noise multiplier: test accuracy and the epsilon spent;
@@ -8,6 +8,8 @@
   clip norms and seeds: ``table.md``, ``results.json`` and ``privacy_utility.png``;
 * ``flower``: the Flower app (ServerApp = active party, ClientApps = passive parties) in this
   process over Flower's message format.
+* ``flower-app``: write the Flower app project that ``flwr run`` deploys (SuperLink, one
+  SuperNode per passive party).
 """
 
 from __future__ import annotations
@@ -227,7 +229,44 @@ def flower(
     return 0
 
 
-COMMANDS = {"train": train, "attack": attack, "compare": compare, "flower": flower}
+def flower_app(
+    out: str,
+    dataset: Dataset = "breast_cancer",
+    mode: Mode = "afe",
+    noise_multiplier: float = 0.0,
+    clip_norm: float = 1.0,
+    epochs: int = 3,
+    batch_size: int = 64,
+    parties: int = 2,
+    seed: int = 0,
+) -> int:
+    """Write the Flower app project (``OUT/pyproject.toml``) that ``flwr run`` deploys."""
+    from facelab.vflafe.flower import AppConfig, node_configs, write_app_project
+
+    if dataset == "toyfaces":
+        from facelab.core.errors import UnknownNameError
+
+        raise UnknownNameError(
+            "dataset: the Flower app serves the tabular sets (breast_cancer, digits), got 'toyfaces'"
+        )
+    cfg = AppConfig(
+        dataset=dataset, mode=mode, noise_multiplier=noise_multiplier, clip_norm=clip_norm,
+        epochs=epochs, batch_size=batch_size, parties=parties, seed=seed,
+    )  # fmt: skip
+    folder = write_app_project(out, cfg)
+    nodes = " ".join(f"--node party-id={n['party-id']}" for n in node_configs(cfg))
+    print(f"wrote {folder / 'pyproject.toml'}")
+    print(f"deploy on this machine: python scripts/flower_deploy.py app {folder} {nodes}")
+    return 0
+
+
+COMMANDS = {
+    "train": train,
+    "attack": attack,
+    "compare": compare,
+    "flower": flower,
+    "flower-app": flower_app,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,14 +21,17 @@ Run configuration keys (``[tool.flwr.app.config]`` of a Flower app, or ``AppConf
 dataset, parties, data-seed, test-fraction, mode, clip-norm, noise-multiplier,
 inference-noise-multiplier (-1: same as training), grad-clip-norm (0: off),
 grad-noise-multiplier, embed-dim, bottom-hidden, top-hidden, denoiser-hidden, epochs,
-batch-size, lr, weight-decay, seed, noise-seed (-1: secret). Node configuration:
-``party-id`` (0 .. parties-1).
+batch-size, lr, weight-decay, seed, noise-seed (-1: secret), result-file (a path: the active
+party writes its outcome there as JSON; empty: not written). Node configuration: ``party-id``
+(0 .. parties-1).
 
 ``run_local`` runs the app in this process: the ``ServerApp`` gets a ``LocalGrid`` that hands
 each message, serialized to Flower's protobuf wire format and back, to the ``ClientApp`` of
-its node; no network, no Ray, no SuperLink. For separate processes use Flower's own
-deployment (``flower-superlink``, one ``flower-supernode --node-config "party-id=K"`` per
-party, ``flwr run``), see README.
+its node; no network, no Ray, no SuperLink. For separate processes or machines use Flower's
+own deployment: ``write_app_project`` writes the Flower app project (``pyproject.toml`` with
+``[tool.flwr.app]``) that ``flwr run`` takes; one ``flower-supernode --node-config
+"party-id=K"`` per party (``node_configs``); ``scripts/flower_deploy.py`` in the repository
+runs all of it on one machine (see README).
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ import contextlib
 import dataclasses
 import functools
 import io
+import json
 import math
 import os
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # facelab never phones home
 
@@ -84,9 +89,11 @@ __all__ = [
     "FlowerOutcome",
     "LocalGrid",
     "client_app",
+    "node_configs",
     "run_active_party",
     "run_local",
     "server_app",
+    "write_app_project",
 ]
 
 ERROR_CODE = 4001  # a FacelabError raised by a party (Flower's own codes are below 1000)
@@ -117,6 +124,8 @@ class AppConfig:
     seed: int = 0
     noise_seed: int = -1
     delta: float = 1e-5
+    result_file: str = ""
+    """The active party writes its outcome here as JSON (deployments; empty: not written)."""
 
     def __post_init__(self) -> None:
         self.privacy()  # validates the privacy fields
@@ -349,6 +358,26 @@ class FlowerOutcome:
     step_times: list[float] = field(default_factory=list)
     step_cpu_times: list[float] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "epsilon": self.epsilon if math.isfinite(self.epsilon) else None,
+            "epoch_losses": list(self.epoch_losses),
+            "step_times": list(self.step_times),
+            "step_cpu_times": list(self.step_cpu_times),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FlowerOutcome:
+        eps = d.get("epsilon")
+        return cls(
+            float(d["accuracy"]),
+            math.inf if eps is None else float(eps),
+            [float(v) for v in d["epoch_losses"]],
+            [float(v) for v in d.get("step_times", [])],
+            [float(v) for v in d.get("step_cpu_times", [])],
+        )
+
     def metrics(self) -> MetricRecord:
         return MetricRecord(
             {
@@ -485,12 +514,75 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
-    outcome = run_active_party(grid, AppConfig.from_run_config(dict(context.run_config)))
+    cfg = AppConfig.from_run_config(dict(context.run_config))
+    outcome = run_active_party(grid, cfg)
     context.state.metric_records["vflafe-result"] = outcome.metrics()
+    if cfg.result_file:
+        path = Path(cfg.result_file)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(outcome.to_dict()))
+        tmp.replace(path)  # whoever waits for the file never reads half of it
     print(
         f"vflafe: test accuracy {outcome.accuracy:.4f}, epsilon {outcome.epsilon:.3g}, "
         f"{len(outcome.step_times)} steps, median step {np.median(outcome.step_times) * 1e3:.1f} ms"
     )
+
+
+# ------------------------------------------------------------------------------------------
+# deployment: the Flower app project
+# ------------------------------------------------------------------------------------------
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return json.dumps(str(value))
+
+
+def write_app_project(out_dir: str | Path, cfg: AppConfig | None = None) -> Path:
+    """Write the Flower app project that ``flwr run`` deploys: ``out_dir/pyproject.toml``
+    with ``[tool.flwr.app.components]`` (``server_app`` = active party, ``client_app`` =
+    passive party) and every run-config key of ``cfg`` under ``[tool.flwr.app.config]``
+    (``flwr run --run-config`` can only override keys listed there). The apps are imported
+    from the environment the SuperLink / SuperNodes run in (facelab-vflafe installed there).
+    Returns the project folder."""
+    cfg = cfg if cfg is not None else AppConfig()
+    from importlib.metadata import version
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = "\n".join(f"{k} = {_toml(v)}" for k, v in cfg.to_run_config().items())
+    (out / "pyproject.toml").write_text(
+        f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "facelab-vflafe-app"
+version = "{version("facelab-vflafe")}"
+description = "VFL-AFE as a Flower app: ServerApp = active party, ClientApps = passive parties"
+license = "MIT"
+dependencies = ["facelab-vflafe", "flwr>=1.22,<2"]
+
+[tool.flwr.app]
+publisher = "facelab"
+
+[tool.flwr.app.components]
+serverapp = "facelab.vflafe.flower:server_app"
+clientapp = "facelab.vflafe.flower:client_app"
+
+[tool.flwr.app.config]
+{keys}
+"""
+    )
+    return out
+
+
+def node_configs(cfg: AppConfig) -> list[dict]:
+    """The ``--node-config`` of each passive party's SuperNode: ``party-id`` 0 .. parties-1."""
+    return [{"party-id": k} for k in range(cfg.parties)]
 
 
 # ------------------------------------------------------------------------------------------
