@@ -262,6 +262,13 @@ def deploy(
         PYTHONUNBUFFERED="1",
     )
     env.setdefault("OMP_NUM_THREADS", "1")  # every ClientApp is a process of its own
+    if env.get("PYTHONDONTWRITEBYTECODE") and "PYTHONPYCACHEPREFIX" not in env:
+        # Flower starts a fresh Python process per ClientApp message. Where writing bytecode
+        # next to the sources is switched off, each of them would compile torch, sklearn and
+        # flwr from source again (~10 s of CPU each here); the deployment's processes share a
+        # bytecode cache in the work folder instead (the environment is not modified).
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")  # removed at the end
 
     link_port = free_port()
     address = f"127.0.0.1:{link_port}"
@@ -351,6 +358,7 @@ def deploy(
         seen = _tree([p.pid for p in procs])
         leftover = _stop(procs)
         texts = {k: v.read_text(errors="replace") for k, v in logs.items() if v.exists()}
+        shutil.rmtree(work / "pycache", ignore_errors=True)
         if tmp is not None:
             tmp.cleanup()
     if leftover:
