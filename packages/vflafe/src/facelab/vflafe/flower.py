@@ -255,17 +255,28 @@ class _PassiveState:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.cfg.seed, party, 0xB0))
             self.module = PassiveParty(feature_shape, self.cfg.model(), self.cfg.privacy(), None)
-        self.optimizer = torch.optim.AdamW(
-            self.module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
-        )
+        self._optimizer: torch.optim.Optimizer | None = None
         state = context.state
         if "party" in state.array_records:
             self.module.load_state_dict(state.array_records["party"].to_torch_state_dict())
             blobs = state.array_records["party-private"]
-            self.optimizer.load_state_dict(_unblob(blobs["optimizer"]))
             self.module.noise.load_state_dict(_unblob(blobs["noise"]))
         elif self.cfg.noise_seed >= 0:
             self.module.noise = NoiseSource(mix_seed(self.cfg.noise_seed, party, 0x7F))
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The party's AdamW, built on first use: only ``train.backward`` steps it, and a
+        deployed ClientApp is a fresh process per message (building a torch optimizer first
+        imports torch._dynamo, ~1 s of CPU), so embed and hello messages skip it."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.AdamW(
+                self.module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+            )
+            blobs = self.context.state.array_records.get("party-private")
+            if blobs is not None and "optimizer" in blobs:
+                self._optimizer.load_state_dict(_unblob(blobs["optimizer"]))
+        return self._optimizer
 
     def rows(self, ids: torch.Tensor, split: str) -> torch.Tensor:
         data = self.splits[split]
@@ -274,12 +285,13 @@ class _PassiveState:
     def save(self) -> None:
         state = self.context.state
         state.array_records["party"] = ArrayRecord(self.module.state_dict())
-        state.array_records["party-private"] = ArrayRecord(
-            {
-                "optimizer": _blob(self.optimizer.state_dict()),
-                "noise": _blob(self.module.noise.state_dict()),
-            }
-        )
+        private = {"noise": _blob(self.module.noise.state_dict())}
+        old = state.array_records.get("party-private")
+        if self._optimizer is not None:
+            private["optimizer"] = _blob(self._optimizer.state_dict())
+        elif old is not None and "optimizer" in old:
+            private["optimizer"] = old["optimizer"]  # not touched by this message
+        state.array_records["party-private"] = ArrayRecord(private)
 
 
 @client_app.query("hello")
