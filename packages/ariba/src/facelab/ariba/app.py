@@ -313,14 +313,6 @@ def run_summary(cfg: SimConfig, strategy: Strategy, result: Any, marks: list[flo
 # ---------------------------------------------------------------------------- deployment
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(str(value))
-
-
 def run_config_of(cfg: SimConfig) -> dict[str, Any]:
     """The Flower run config of ``cfg`` (the keys ``config_from_run_config`` reads; the rest
     of ``cfg`` must be at its defaults)."""
@@ -355,36 +347,16 @@ def write_app_project(out_dir: str | Path, cfg: SimConfig | None = None) -> Path
     of ``cfg`` under ``[tool.flwr.app.config]`` (``flwr run --run-config`` overrides only keys
     listed there). The apps are imported from the environment the SuperLink / SuperNodes run
     in (facelab-ariba installed there). Returns the project folder."""
-    from importlib.metadata import version
+    from facelab.core.flower_app import write_flower_app
 
-    rc = run_config_of(cfg if cfg is not None else SimConfig())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = "\n".join(f"{k} = {_toml(v)}" for k, v in rc.items())
-    (out / "pyproject.toml").write_text(
-        f"""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "facelab-ariba-app"
-version = "{version("facelab-ariba")}"
-description = "ARIBA as a Flower app: the server runs the strategy, each SuperNode a client"
-license = "MIT"
-dependencies = ["facelab-ariba", "flwr>=1.22,<2"]
-
-[tool.flwr.app]
-publisher = "facelab"
-
-[tool.flwr.app.components]
-serverapp = "facelab.ariba.app:server_app"
-clientapp = "facelab.ariba.app:client_app"
-
-[tool.flwr.app.config]
-{keys}
-"""
+    return write_flower_app(
+        out_dir,
+        distribution="facelab-ariba",
+        server_app="facelab.ariba.app:server_app",
+        client_app="facelab.ariba.app:client_app",
+        run_config=run_config_of(cfg if cfg is not None else SimConfig()),
+        description="ARIBA as a Flower app: the server runs the strategy, each SuperNode a client",
     )
-    return out
 
 
 def node_configs(cfg: SimConfig) -> list[dict[str, int]]:

@@ -545,14 +545,6 @@ def _main(grid: Grid, context: Context) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(float(value)) if isinstance(value, float) else str(value)
-    return json.dumps(str(value))
-
-
 def write_app_project(out_dir: str | Path, cfg: AppConfig | None = None) -> Path:
     """Write the Flower app project that ``flwr run`` deploys: ``out_dir/pyproject.toml``
     with ``[tool.flwr.app.components]`` (``server_app`` = active party, ``client_app`` =
@@ -560,36 +552,16 @@ def write_app_project(out_dir: str | Path, cfg: AppConfig | None = None) -> Path
     (``flwr run --run-config`` can only override keys listed there). The apps are imported
     from the environment the SuperLink / SuperNodes run in (facelab-vflafe installed there).
     Returns the project folder."""
-    cfg = cfg if cfg is not None else AppConfig()
-    from importlib.metadata import version
+    from facelab.core.flower_app import write_flower_app
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = "\n".join(f"{k} = {_toml(v)}" for k, v in cfg.to_run_config().items())
-    (out / "pyproject.toml").write_text(
-        f"""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "facelab-vflafe-app"
-version = "{version("facelab-vflafe")}"
-description = "VFL-AFE as a Flower app: ServerApp = active party, ClientApps = passive parties"
-license = "MIT"
-dependencies = ["facelab-vflafe", "flwr>=1.22,<2"]
-
-[tool.flwr.app]
-publisher = "facelab"
-
-[tool.flwr.app.components]
-serverapp = "facelab.vflafe.flower:server_app"
-clientapp = "facelab.vflafe.flower:client_app"
-
-[tool.flwr.app.config]
-{keys}
-"""
+    return write_flower_app(
+        out_dir,
+        distribution="facelab-vflafe",
+        server_app="facelab.vflafe.flower:server_app",
+        client_app="facelab.vflafe.flower:client_app",
+        run_config=(cfg if cfg is not None else AppConfig()).to_run_config(),
+        description="VFL-AFE as a Flower app: ServerApp = active party, ClientApps = passive parties",
     )
-    return out
 
 
 def node_configs(cfg: AppConfig) -> list[dict]:
