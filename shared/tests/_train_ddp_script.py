@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from facelab.core.train import TrainConfig, Trainer
+from facelab.core.train.launch import end_distributed
 
 
 def make_data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -101,3 +102,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_distributed()

@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from facelab.core.train.launch import end_distributed
 from facelab.glotok.histogram import TeacherHistogram
 from facelab.glotok.train import presets, toy_model_config, train
 
@@ -35,3 +36,4 @@ total = sum(
     float(v.double().sum()) for v in res.model.state_dict().values() if v.is_floating_point()
 )
 print(f"RANK-CHECKSUM {os.environ.get('RANK', '0')} {total:.12e}")
+end_distributed()

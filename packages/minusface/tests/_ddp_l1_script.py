@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from facelab.core.recipe import DataConfig, build_train_dataset
 from facelab.core.train import TrainConfig
+from facelab.core.train.launch import end_distributed
 from facelab.minusface import MinusFaceConfig
 from facelab.minusface.train import stage1_trainer
 
@@ -64,3 +65,4 @@ if __name__ == "__main__":
         tensors = {f"after.{k}": v.contiguous() for k, v in after.items()}
         tensors |= {f"before.{k}": v.contiguous() for k, v in before.items()}
         save_file(tensors, f"{out}/ddp.safetensors")
+    end_distributed()

@@ -99,3 +99,21 @@ def launch_cpu(
             return proc
     assert proc is not None
     return proc
+
+
+def end_distributed() -> None:
+    """End a multi-process script cleanly: wait for every rank, then destroy the default
+    process group (no-op without one).
+
+    A gloo rank that exits with its process group alive can abort at interpreter exit
+    ("terminate called without an active exception", SIGABRT) while its background threads are
+    torn down, more often on a loaded machine. Call this last in every script that
+    ``accelerate launch`` starts with several processes, once all ranks are done with
+    collectives (the ``Trainer`` cannot do it after ``fit``: a script may fit several stages
+    in the same process group).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
