@@ -9,7 +9,7 @@ temporary folder, Flower's telemetry, update check and runtime dependency instal
 
 The app's ServerApp must accept a run-config key ``result-file`` (a path) and write its result
 there as JSON; that file is how the outcome comes back (the facelab apps of ``vflafe`` and
-``ariba`` do). Standard library only, so a package's tests can load it by path.
+``ariba`` do). Standard library plus facelab-core (which every package installs), so a package's tests can load it by path.
 
 Usage (from the repository root, in the workspace environment)::
 
@@ -39,7 +39,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DeployError", "Deployment", "deploy", "free_port", "toml_value"]
+from facelab.core.flower_app import toml_value
+
+__all__ = ["DeployError", "Deployment", "alive", "deploy", "free_port", "toml_value"]
 
 
 class DeployError(RuntimeError):
@@ -75,17 +77,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def toml_value(value: object) -> str:
-    """A Python scalar as a TOML value (what ``--node-config`` / run configs parse)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for anything printable
-    raise TypeError(f"config value: expected bool, int, float or str, got {type(value).__name__}")
 
 
 def _bin(name: str, bin_dir: Path) -> str:
@@ -156,7 +147,8 @@ def _tree_cpu(pids: Sequence[int]) -> dict[str, float]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie; Linux /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
@@ -176,12 +168,12 @@ def _stop(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> list[int]:
         except ProcessLookupError:
             pass
     end = time.monotonic() + grace
-    while time.monotonic() < end and any(_alive(p) for p in pids):
+    while time.monotonic() < end and any(alive(p) for p in pids):
         for p in procs:
             p.poll()
         time.sleep(0.1)
     for pid in _tree(pids):
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -192,7 +184,7 @@ def _stop(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> list[int]:
         except subprocess.TimeoutExpired:
             pass
     time.sleep(0.2)
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if alive(pid)]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:

@@ -31,14 +31,6 @@ def _deploy_tool():
     return mod
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
 TINY = SimConfig(
     strategy="ariba",
     num_clients=3,
@@ -70,7 +62,7 @@ def test_the_deployed_app_gives_the_in_process_result(tmp_path):
     for k in range(TINY.num_clients):  # one ClientApp process per round on every SuperNode
         assert dep.logs[f"supernode-{k}"].count("Start `flwr-clientapp` process") == 2
     assert dep.run_id > 0
-    assert not [p for p in dep.pids if _alive(p)]  # nothing left running
+    assert not [p for p in dep.pids if tool.alive(p)]  # nothing left running
 
 
 def test_the_run_config_round_trips_and_rejects_what_the_app_cannot_read(tmp_path):

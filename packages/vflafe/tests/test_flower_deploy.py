@@ -29,14 +29,6 @@ def _deploy_tool():
     return mod
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
 def test_the_deployed_app_gives_the_in_process_result(tmp_path):
     """Two passive parties as SuperNodes, the active party as the ServerApp; AFE with noise
     on the embeddings and a fixed noise seed (so both runs draw the same noise), 2 rounds. The
@@ -58,7 +50,7 @@ def test_the_deployed_app_gives_the_in_process_result(tmp_path):
         log = dep.logs[f"supernode-{k}"]
         assert log.count("Start `flwr-clientapp` process") == 1 + 2 * 2 + 1  # hello, rounds, test
     assert dep.run_id > 0
-    assert not [p for p in dep.pids if _alive(p)]  # nothing left running
+    assert not [p for p in dep.pids if tool.alive(p)]  # nothing left running
     assert os.getpid() not in dep.pids
 
 

@@ -35,7 +35,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     raise FacelabTypeError(
-        f"run config: expected a bool, int, float or str value, got {type(value).__name__}"
+        f"run config value: expected a bool, int, float or str, got {type(value).__name__}"
     )
 
 

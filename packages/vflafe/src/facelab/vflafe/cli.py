@@ -196,6 +196,19 @@ def compare(
     return 0
 
 
+def _app_config(dataset: str, **fields):
+    """The Flower app's config; the app serves the tabular sets only."""
+    from facelab.vflafe.flower import AppConfig
+
+    if dataset == "toyfaces":
+        from facelab.core.errors import UnknownNameError
+
+        raise UnknownNameError(
+            "dataset: the Flower app serves the tabular sets (breast_cancer, digits), got 'toyfaces'"
+        )
+    return AppConfig(dataset=dataset, **fields)
+
+
 def flower(
     dataset: Dataset = "breast_cancer",
     mode: Mode = "afe",
@@ -208,15 +221,9 @@ def flower(
     """Run the Flower app (ServerApp = active party, ClientApps = passive parties) in process."""
     import numpy as np
 
-    from facelab.vflafe.flower import AppConfig, run_local
+    from facelab.vflafe.flower import run_local
 
-    if dataset == "toyfaces":
-        from facelab.core.errors import UnknownNameError
-
-        raise UnknownNameError(
-            "dataset: the Flower app serves the tabular sets (breast_cancer, digits), got 'toyfaces'"
-        )
-    cfg = AppConfig(
+    cfg = _app_config(
         dataset=dataset, mode=mode, noise_multiplier=noise_multiplier, clip_norm=clip_norm,
         epochs=epochs, parties=parties, seed=seed,
     )  # fmt: skip
@@ -241,15 +248,9 @@ def flower_app(
     seed: int = 0,
 ) -> int:
     """Write the Flower app project (``OUT/pyproject.toml``) that ``flwr run`` deploys."""
-    from facelab.vflafe.flower import AppConfig, node_configs, write_app_project
+    from facelab.vflafe.flower import node_configs, write_app_project
 
-    if dataset == "toyfaces":
-        from facelab.core.errors import UnknownNameError
-
-        raise UnknownNameError(
-            "dataset: the Flower app serves the tabular sets (breast_cancer, digits), got 'toyfaces'"
-        )
-    cfg = AppConfig(
+    cfg = _app_config(
         dataset=dataset, mode=mode, noise_multiplier=noise_multiplier, clip_norm=clip_norm,
         epochs=epochs, batch_size=batch_size, parties=parties, seed=seed,
     )  # fmt: skip
