@@ -176,10 +176,28 @@ def test_summaries_judge_the_paper_claims():
             ("classical (oracle)", "Gaze", 0.2),
         ]
     ]
-    assert "better on 1 of 2 protocols" in family_iris._summary(rows)
+    assert "better on 0 of 1 off-axis protocols" in family_iris._summary(rows)
+    assert "not shown" in family_iris._summary(rows)
     rows[2][key] = 0.05
-    assert "beats the classical pipeline on every protocol" in family_iris._summary(rows)
+    done = family_iris._summary(rows)
+    assert "beats the classical pipeline on every off-axis protocol" in done
+    assert "stays better on" not in done  # NormFree also wins Control here
+    rows[0][key] = 0.25
+    assert "the classical pipeline stays better on Control" in family_iris._summary(rows)
+    assert "not tested" in family_iris._summary(rows[:2])
     assert math.isnan(families.missing_row("X", "facelab.x", family_iris.COLUMNS)[key])
+
+
+@pytest.mark.skipif(not families.installed("facelab.immeriris"), reason="facelab-immeriris absent")
+def test_iris_quick_loads_the_shipped_network_instead_of_training(monkeypatch):
+    from facelab.core.errors import UnknownNameError
+
+    assert family_iris.settings("quick", 0)["train"] == "shipped"
+    assert family_iris.settings("suite", 0)["train"] == {}  # the suite trains the toy preset
+    net = family_iris.shipped_network("normfree")
+    assert net.paradigm == "normfree" and not net.training
+    with pytest.raises(UnknownNameError, match="normkeep"):
+        family_iris.shipped_network("normkeep")
 
 
 @pytest.mark.skipif(not families.installed("facelab.frcsyn"), reason="facelab-frcsyn absent")

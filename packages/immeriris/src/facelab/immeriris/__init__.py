@@ -9,7 +9,8 @@ Public API (see README.md):
 * classical pipeline: :class:`EllipseSegmenter`, :func:`oracle_segmentation`,
   :func:`rubber_sheet`, :class:`IrisEncoder` (open-iris's Gabor bank and fragile bits),
   :func:`hamming_distance`, :func:`hamming_matrix`;
-* networks: :class:`IrisNet` (NormFree / NormKeep), :func:`iris_crop`, the training recipe
+* networks: :class:`IrisNet` (NormFree / NormKeep), :func:`toy_normfree` (the shipped toy
+  network), :func:`iris_crop`, the training recipe
   (:class:`RecipeConfig`, :func:`presets`, :func:`train`);
 * evaluation: :func:`verification` (FRR@FAR, EER, d', rank-1), :func:`fuse`,
   :class:`EvalConfig`, :func:`evaluate`.
@@ -52,6 +53,8 @@ _EXPORTS = {
     "IrisNet": "model",
     "iris_crop": "model",
     "strip_input": "model",
+    "toy_normfree": "model",
+    "TOY_WEIGHTS": "model",
     "RecipeConfig": "train",
     "DataConfig": "train",
     "ModelConfig": "train",

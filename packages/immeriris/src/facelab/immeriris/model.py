@@ -20,6 +20,7 @@ sees the eyelids it would see in a strip).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -189,3 +190,16 @@ class IrisNet(nn.Module, PretrainedMixin):
         ]
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0, self.embedding_size)
+
+
+TOY_WEIGHTS = Path(__file__).resolve().parent / "weights" / "normfree-toy"
+"""The NormFree network shipped with the package (see :func:`toy_normfree`)."""
+
+
+def toy_normfree() -> IrisNet:
+    """The ``toy`` preset's NormFree network, shipped with the package (1.7 MB, float16 on
+    disk, loaded in float32, eval mode): training seed 1337, 1,000 steps of 64 on every capture
+    of 200 procedural subjects (ids disjoint from the evaluation's). The claim test and
+    ``facelab bench quick`` use it; ``packages/immeriris/scripts/make_toy_weights.py`` remakes
+    it (about 6 CPU-minutes). For the procedural data only: it knows nothing of real eyes."""
+    return IrisNet.from_pretrained(TOY_WEIGHTS)
