@@ -189,7 +189,7 @@ def test_summaries_judge_the_paper_claims():
 
 
 @pytest.mark.skipif(not families.installed("facelab.immeriris"), reason="facelab-immeriris absent")
-def test_iris_quick_loads_the_shipped_network_instead_of_training(monkeypatch):
+def test_iris_quick_loads_the_shipped_network_instead_of_training():
     from facelab.core.errors import UnknownNameError
 
     assert family_iris.settings("quick", 0)["train"] == "shipped"

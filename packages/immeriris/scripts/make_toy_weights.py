@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="a trained NormFree folder (default: train one)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--workdir", default="runs/immeriris-test-weights")
+    p.add_argument("--workdir", default="runs/immeriris-toy-weights")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
@@ -47,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = args.model
     if model is None:
-        from facelab.immeriris.train import presets, train
+        from facelab.immeriris.train import preset, train
 
-        cfg = presets()["toy"]
+        cfg = preset("toy", "normfree")
         cfg = dataclasses.replace(
-            cfg,
-            model=dataclasses.replace(cfg.model, paradigm="normfree"),
-            train=dataclasses.replace(cfg.train, seed=args.seed, output_dir=args.workdir),
+            cfg, train=dataclasses.replace(cfg.train, seed=args.seed, output_dir=args.workdir)
         )
         train(cfg)
         model = Path(args.workdir) / "model"

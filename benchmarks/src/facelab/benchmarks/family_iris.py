@@ -10,8 +10,8 @@ protocols, FRR at FAR, EER, d', rank-1; DET plots through ``Report.save``) and
 Levels: ``quick`` NormFree (the toy network the package ships, ``toy_normfree()``: the toy
 preset's 1000 steps, trained once by ``packages/immeriris/scripts/make_toy_weights.py``) vs
 classical, oracle segmentation, on the ``Control`` and ``Gaze`` protocols (frontal vs off-axis
-probes), left eye and both eyes; ``suite`` the toy preset as the package defines it, NormFree and NormKeep, all
-eight protocols, oracle and our segmentation; ``small`` a smoke-test size.
+probes), left eye and both eyes; ``suite`` the toy preset as the package defines it, NormFree
+and NormKeep, all eight protocols, oracle and our segmentation; ``small`` a smoke-test size.
 """
 
 from __future__ import annotations
