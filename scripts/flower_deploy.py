@@ -9,7 +9,8 @@ temporary folder, Flower's telemetry, update check and runtime dependency instal
 
 The app's ServerApp must accept a run-config key ``result-file`` (a path) and write its result
 there as JSON; that file is how the outcome comes back (the facelab apps of ``vflafe`` and
-``ariba`` do). Standard library plus facelab-core (which every package installs), so a package's tests can load it by path.
+``ariba`` do). Standard library plus facelab-core (which every package installs), so a
+package's tests can load it by path.
 
 Usage (from the repository root, in the workspace environment)::
 

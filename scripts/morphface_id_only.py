@@ -32,21 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_folder(folder: Path):
-    """Images in [-1, 1] and labels (identity folders in sorted order)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    images, labels = [], []
-    for k, d in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):
-        for f in sorted(d.glob("*.png")):
-            a = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-            images.append(torch.from_numpy(a).permute(2, 0, 1))
-            labels.append(k)
-    return torch.stack(images), torch.tensor(labels)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--morphface", default=str(ROOT / "benchmarks" / "toy-weights" / "morphface"))
@@ -59,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from facelab.benchmarks import family_synth
+    from facelab.core.data.folders import IdentityFolderDataset
     from facelab.core.diffusion.metrics import identity_consistency
     from facelab.core.diffusion.toy import train_toy_recognizer
     from facelab.morphface.bench import TOY_INFO_FILE, write_toy_dataset
@@ -103,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = F.normalize(recognizer(real), dim=1)
     out: dict[str, dict[str, float]] = {}
     for name, folder in datasets.items():
-        x, y = load_folder(folder)
+        data = IdentityFolderDataset(folder)
+        x, y = torch.stack([data[i][0] for i in range(len(data))]), data.labels
         if x.shape[-1] != real.shape[-1]:
             x = F.interpolate(x, size=real.shape[-2:], mode="bilinear", antialias=True)
         with torch.no_grad():
