@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from facelab.core.data.folders import IdentityFolderDataset
     from facelab.core.diffusion.metrics import identity_consistency
     from facelab.core.diffusion.toy import train_toy_recognizer
-    from facelab.morphface.bench import TOY_INFO_FILE, write_toy_dataset
+    from facelab.morphface.bench import TOY_INFO_FILE, generator_toy_style, write_toy_dataset
     from facelab.morphface.toy import StyledToyFaces
 
     torch.set_num_threads(1)
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         size=int(toy["image_size"]),
         seed=int(toy["toy_seed"]),
         difficulty=toy["toy_difficulty"],
+        style=generator_toy_style(gens["MorphFace"]),
     )
     real = real_set.materialize(torch.float32)
     recognizer = train_toy_recognizer(real, real_set.labels, steps=300, seed=args.seed).eval()

@@ -1,10 +1,14 @@
-"""Style control of a trained toy MorphFace generator (the README's toy table).
+"""Style control of a trained toy MorphFace generator (the README's style-control tables).
 
-    OMP_NUM_THREADS=1 uv run python packages/morphface/scripts/toy_measure.py GEN_DIR [--seed 0]
+    OMP_NUM_THREADS=1 uv run python packages/morphface/scripts/toy_measure.py GEN_DIR \
+        [--seed 0] [--own-style] [--no-clip] [--style-scale S] [--steps N]
 
-Runs ``facelab.morphface.bench.style_control`` (requested vs read-back pose / expression of
-generated images; the same network without style; real images) on one torch thread and prints
-the result and the CPU seconds as JSON.
+Runs ``facelab.morphface.bench.style_control`` on one torch thread: each request pairs a held-out
+real image's identity with the style of an image of another identity (``--own-style``: its own
+style); the regressor reads pose / expression back from the generated images, from the same
+network's images without style, and from the real images whose style was requested. Prints the
+result and the CPU seconds as JSON. The toy style settings are the generator's own (read from
+its folder).
 """
 
 from __future__ import annotations
@@ -21,12 +25,24 @@ def main() -> None:
     p.add_argument("generator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--requests", type=int, default=96)
+    p.add_argument("--own-style", action="store_true", help="request each image's own style")
+    p.add_argument("--no-clip", action="store_true", help="plain DDIM (no x0 clipping)")
+    p.add_argument("--style-scale", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the generator's)")
     a = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.process_time()
     from facelab.morphface.bench import style_control
 
-    res = style_control(a.generator, seed=a.seed, num_requests=a.requests)
+    res = style_control(
+        a.generator,
+        seed=a.seed,
+        num_requests=a.requests,
+        swap=not a.own_style,
+        clip_sample=not a.no_clip,
+        style_scale=a.style_scale,
+        num_steps=a.steps,
+    )
     res["cpu_s"] = time.process_time() - t0
     print(json.dumps(res, indent=1))
 

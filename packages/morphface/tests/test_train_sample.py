@@ -242,10 +242,50 @@ def test_style_control_measurement_runs(trained):
         num_requests=4,
         regressor_steps=5,
         num_steps=2,
+        recognizer_steps=25,
+        blend=1.0,
     )
-    for part in ("generated", "no_style", "real"):
+    for part in ("generated", "no_style", "real", "generated_own", "no_style_own"):
         assert set(r[part]) == {f"{n}_{k}" for n in REGRESSED for k in ("corr", "mae")}
         assert all(v == v for v in r[part].values())  # no NaN
+    assert r["settings"]["swap"] and r["settings"]["clip_sample"]
+    assert r["settings"]["blend"] == 1.0
+    for part in ("generated", "no_style"):
+        ident = r["identity"][part]
+        assert 0.0 <= ident["identification_accuracy"] <= 1.0
+        assert -2.0 <= ident["consistency_gap"] <= 2.0
+    # the toy style settings come from the generator's folder (the tiny run's preset defaults)
+    assert tuple(r["settings"]["toy_style"]["yaw"]) == (0.0, 14.0, 6.0)
+    assert json.loads((out / "generator" / "morphface.json").read_text())["toy_style"]["yaw"] == [
+        0.0,
+        14.0,
+        6.0,
+    ]
+
+
+def test_swap_donors_pairs_every_request_with_another_identity():
+    from facelab.morphface.bench import swap_donors
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((96, 24), (7, 3), (10, 2)):
+        labels = torch.randint(0, k, (n,), generator=g)
+        if torch.bincount(labels).max() > n // 2:
+            continue
+        d = swap_donors(labels)
+        assert sorted(d.tolist()) == list(range(n))  # a permutation: every style used once
+        assert bool((labels[d] != labels).all())
+    with pytest.raises(FacelabError, match="more than half"):
+        swap_donors(torch.tensor([0, 0, 0, 1]))
+
+
+def test_generator_toy_style_reads_the_training_settings(tmp_path):
+    from facelab.morphface.bench import generator_toy_style
+    from facelab.morphface.toy import ToyStyleConfig
+
+    assert generator_toy_style(tmp_path) == ToyStyleConfig()
+    (tmp_path / "morphface.json").write_text(json.dumps({"toy_style": {"yaw": [1, 2, 3]}}))
+    assert generator_toy_style(tmp_path).yaw == (1, 2, 3)
+    assert generator_toy_style(tmp_path).pitch == ToyStyleConfig().pitch
 
 
 def test_real_data_path_matches_rows_by_image_name(tmp_path):

@@ -27,7 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facelab.morphface.toy import StyledToyFaces, style_agreement, train_style_regressor
+from facelab.morphface.toy import (
+    StyledToyFaces,
+    ToyStyleConfig,
+    style_agreement,
+    train_style_regressor,
+)
 
 
 def style_control(
@@ -42,15 +47,51 @@ def style_control(
     regressor_steps: int = 400,
     seed: int = 0,
     num_steps: int | None = None,
+    style: ToyStyleConfig | None = None,
+    swap: bool = True,
+    clip_sample: bool = True,
+    style_scale: float | None = None,
+    blend: float | None = None,
+    recognizer_steps: int = 300,
 ) -> dict[str, Any]:
-    """Style agreement of a generator trained on styled toyfaces (the toy preset's data
-    settings by default). Returns ``{"generated": {...}, "no_style": {...}, "real": {...}}``."""
+    """Style agreement of a generator trained on styled toyfaces.
+
+    ``num_requests`` real images of the toy set (``identities`` x ``images_per_identity``, toy
+    seed ``toy_seed``, styles ``style``: by default the generator's own toy settings, read from
+    its ``toy_weights.json`` / ``morphface.json``, else ``ToyStyleConfig()``) are held out; the
+    style regressor trains on the others. Each request pairs one held-out image's identity (its
+    ID vector) with a style. ``swap=True`` (default) takes the style from a held-out image of
+    *another* identity, so a generator that ignores the style tokens and draws its identity's
+    habitual pose cannot score; ``swap=False`` asks for the image's own style (then identity
+    alone explains much of the agreement).
+
+    Returns, per attribute, Pearson correlation and MAE (:func:`style_agreement`) of the values
+    the regressor reads back against the requested ones for: ``generated`` (with the requested
+    style), ``no_style`` (the same network and seeds with the null style tokens), ``real`` (the
+    real images whose style was requested: the regressor's ceiling); against the requesting
+    identity's own image's values for ``generated_own`` and ``no_style_own`` (how much the
+    output follows the identity instead of the style); ``identity`` (``recognizer_steps`` > 0):
+    identity of the ``generated`` and ``no_style`` images under a toy recognizer (core
+    ``train_toy_recognizer``) trained on the regressor's real images - closed-set identification
+    against those images and the consistency gap (genuine minus impostor cosine among the
+    generated images); and ``settings``. ``style_scale`` / ``blend`` override the generator's
+    guidance defaults."""
     from facelab.core.diffusion.identities import random_identities
+    from facelab.core.errors import RangeError
     from facelab.morphface.train import load_morphface
 
-    kwargs = {} if num_steps is None else {"num_steps": num_steps}
+    kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
+    if num_steps is not None:
+        kwargs["num_steps"] = num_steps
     sampler = load_morphface(generator, **kwargs)
-    toy = StyledToyFaces(identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy")
+    if sampler.encoder is None:
+        raise RangeError(
+            f"{generator}: an ID-only generator (use_style=False) has no style to control"
+        )
+    style = style if style is not None else generator_toy_style(Path(generator))
+    toy = StyledToyFaces(
+        identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy", style=style
+    )
     real = toy.materialize(torch.float32)
     if real.shape[-1] != image_size:
         real = F.interpolate(real, size=(image_size,) * 2, mode="bilinear", antialias=True)
@@ -58,28 +99,117 @@ def style_control(
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(toy), generator=g)
     test, train_idx = perm[:num_requests], perm[num_requests:]
+    donor = swap_donors(toy.labels[test]) if swap else torch.arange(num_requests)
     reg = train_style_regressor(
         real[train_idx], targets[train_idx], steps=regressor_steps, seed=seed
     )
     table = random_identities(identities, 512, context_seed)
     ctx = table[toy.labels[test]]
-    styles = toy.style_params(test)
+    styles = toy.style_params(test[donor])
+    scale: dict[str, float] = {}
+    if style_scale is not None:
+        scale["style_scale"] = float(style_scale)
+    if blend is not None:
+        scale["blend"] = float(blend)
     seeds = [seed * 100_003 + k for k in range(num_requests)]
     imgs, plain = [], []
     for i in range(0, num_requests, 32):
         sl = slice(i, i + 32)
-        imgs.append(
-            sampler.sample(
-                ctx[sl], styles.index(torch.arange(num_requests)[sl]), seeds=seeds[sl]
-            ).images
-        )
+        part = styles.index(torch.arange(num_requests)[sl])
+        imgs.append(sampler.sample(ctx[sl], part, seeds=seeds[sl], **scale).images)
         plain.append(sampler.sample(ctx[sl], None, seeds=seeds[sl]).images)
-    req = targets[test]
+    imgs, plain = torch.cat(imgs), torch.cat(plain)
+    req, own = targets[test[donor]], targets[test]
+    identity: dict[str, dict[str, float]] = {}
+    if recognizer_steps > 0:
+        identity = _identity(
+            real[train_idx],
+            toy.labels[train_idx],
+            {"generated": imgs, "no_style": plain},
+            toy.labels[test],
+            recognizer_steps,
+            seed,
+        )
     return {
-        "generated": style_agreement(reg, torch.cat(imgs), req),
-        "no_style": style_agreement(reg, torch.cat(plain), req),
-        "real": style_agreement(reg, real[test], req),
+        "generated": style_agreement(reg, imgs, req),
+        "no_style": style_agreement(reg, plain, req),
+        "real": style_agreement(reg, real[test[donor]], req),
+        "generated_own": style_agreement(reg, imgs, own),
+        "no_style_own": style_agreement(reg, plain, own),
+        "identity": identity,
+        "settings": {
+            "swap": bool(swap),
+            "clip_sample": bool(clip_sample),
+            "requests": int(num_requests),
+            "num_steps": sampler.settings().get("num_steps", num_steps),
+            "style_scale": style_scale,
+            "blend": blend,
+            "toy_style": asdict(style),
+        },
     }
+
+
+def _identity(
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    sets: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    steps: int,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Identification against ``real`` and the consistency gap of each set of generated images
+    under a toy recognizer trained on ``real``."""
+    from facelab.core.diffusion.metrics import identity_consistency
+    from facelab.core.diffusion.toy import train_toy_recognizer
+
+    batch = min(32, real.shape[0])
+    net = train_toy_recognizer(real, real_labels, steps=steps, batch_size=batch, seed=seed).eval()
+    with torch.no_grad():
+        ref = F.normalize(net(real), dim=1)
+        out = {}
+        for name, x in sets.items():
+            if x.shape[-1] != real.shape[-1]:
+                x = F.interpolate(x, size=real.shape[-2:], mode="bilinear", antialias=True)
+            c = identity_consistency(
+                F.normalize(net(x), dim=1), labels, references=ref, reference_labels=real_labels
+            )
+            out[name] = {k: float(c[k]) for k in ("identification_accuracy", "consistency_gap")}
+    return out
+
+
+def swap_donors(labels: torch.Tensor) -> torch.Tensor:
+    """For each position ``i`` of ``labels`` (N,), the position of another item with a
+    different label (a permutation: items sorted by label, each paired with the item half the
+    list away). Raises when one label holds more than half of the items (no such pairing)."""
+    from facelab.core.errors import RangeError
+
+    n = labels.numel()
+    order = torch.argsort(labels, stable=True)
+    donor = torch.empty(n, dtype=torch.long)
+    donor[order] = torch.roll(order, n // 2)
+    if n < 2 or bool((labels[donor] == labels).any()):
+        counts = torch.bincount(labels).max() if n else 0
+        raise RangeError(
+            f"style swap: expected no identity to hold more than half of the {n} requests, "
+            f"got one with {int(counts)}"
+        )
+    return donor
+
+
+def generator_toy_style(generator: Path) -> ToyStyleConfig:
+    """The toy style settings a generator was trained on: ``toy_weights.json`` (the benchmarks'
+    toy weights) or ``morphface.json``'s ``toy_style`` (``facelab morphface train`` on
+    toyfaces), else the default ``ToyStyleConfig()``."""
+    for name, keys in ((TOY_INFO_FILE, ("styles", "toy")), ("morphface.json", ("toy_style",))):
+        try:
+            doc: Any = json.loads((Path(generator) / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for k in keys:
+            doc = doc.get(k) if isinstance(doc, dict) else None
+        if isinstance(doc, dict):
+            return ToyStyleConfig(**{k: tuple(v) for k, v in doc.items()})
+    return ToyStyleConfig()
 
 
 #: written next to the trained generator; the benchmarks' toy-weights export keeps it
@@ -225,7 +355,9 @@ def write_toy_dataset(
 
 
 __all__ = [
+    "generator_toy_style",
     "style_control",
+    "swap_donors",
     "toy_style_prior",
     "toy_train_config",
     "train_toy_generator",

@@ -428,6 +428,8 @@ def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) 
         "renderer": asdict(cfg.renderer),
         "guidance": asdict(cfg.guidance),
     }
+    if cfg.data.source == "toyfaces":
+        doc["toy_style"] = asdict(cfg.style.toy)  # what style_control measures against
     tmp = out / f".{GENERATOR_FILE}.tmp"
     tmp.write_text(json.dumps(doc, indent=2, default=list))
     os.replace(tmp, out / GENERATOR_FILE)
