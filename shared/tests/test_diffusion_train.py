@@ -503,3 +503,39 @@ def test_without_the_hook_the_base_is_unchanged(tmp_path):
     gen = tmp_path / "a" / "generator"
     assert not (gen / "extra_conditioner.safetensors").exists()
     assert "extra_conditioner" not in json.loads((gen / "generator.json").read_text())
+
+
+def test_snr_weights_match_a_brute_force_loop_over_the_schedule():
+    from diffusers import DDPMScheduler
+
+    from facelab.core.diffusion.train import snr_weights
+
+    ab = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod
+    w = snr_weights(ab, 5.0)
+    for t in range(0, 1000, 7):
+        a = float(ab[t])
+        snr = a / (1.0 - a)
+        assert float(w[t]) == pytest.approx(min(snr, 5.0) / snr, rel=1e-6)
+    # low noise (high SNR) is down-weighted, high noise keeps weight 1
+    assert float(w[0]) < 0.01 and float(w[999]) == 1.0
+    with pytest.raises(FacelabError, match="snr_gamma"):
+        snr_weights(ab, 0.0)
+
+
+def test_snr_gamma_weights_the_training_loss(tmp_path):
+    """A huge gamma weights every sample 1 (the plain mean MSE, up to rounding); gamma 5 trains
+    different weights; a negative gamma is refused before training."""
+    plain = train_diffusion(_cfg(tmp_path / "a", steps=2))
+    huge = train_diffusion(dataclasses.replace(_cfg(tmp_path / "b", steps=2), snr_gamma=1e12))
+    five = train_diffusion(dataclasses.replace(_cfg(tmp_path / "c", steps=2), snr_gamma=5.0))
+    differs = False
+    for (k, v), (_, w), (_, u) in zip(
+        plain.denoiser.state_dict().items(),
+        huge.denoiser.state_dict().items(),
+        five.denoiser.state_dict().items(),
+    ):
+        assert torch.allclose(v, w, atol=1e-5), k
+        differs = differs or not torch.allclose(v, u, atol=1e-5)
+    assert differs
+    with pytest.raises(FacelabError, match="snr_gamma"):
+        train_diffusion(dataclasses.replace(_cfg(tmp_path / "d", steps=2), snr_gamma=-1.0))

@@ -131,6 +131,8 @@ class MorphFaceConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=_paper_train)
     resume: str | None = "latest"
+    #: Min-SNR-gamma loss weighting (the base's ``snr_gamma``; 0 = plain MSE)
+    snr_gamma: float = 0.0
 
 
 #: the toy preset's denoiser: the base toy UNet, each condition dropped on its own
@@ -345,6 +347,7 @@ def _as_synth(cfg: MorphFaceConfig):
         ema=cfg.ema,
         train=cfg.train,
         resume=cfg.resume,
+        snr_gamma=cfg.snr_gamma,
     )
 
 
