@@ -318,3 +318,20 @@ def test_real_data_path_matches_rows_by_image_name(tmp_path):
     cfg.style.params = str(tmp_path / "q.safetensors")
     with pytest.raises(FacelabError, match="no parameter row"):
         StyledImages(cfg, procedural_3dmm(rings=8, segments=12))
+
+
+def test_condition_sensitivity_reports_every_variant(trained):
+    from facelab.morphface.bench import condition_sensitivity
+
+    out, _ = trained
+    kw = dict(identities=3, images_per_identity=4, num_images=12, timesteps=(100, 700))
+    r = condition_sensitivity(str(out), **kw)
+    assert set(r) == {100, 700}
+    for row in r.values():
+        assert set(row) == {"style", "null_style", "swapped_style", "no_id"}
+        assert all(v > 0 and v == v for v in row.values())
+    # even the 4-step denoiser reacts to its inputs: removing the ID vector
+    # or swapping the style changes the prediction (the variants are really different inputs)
+    assert any(row["no_id"] != row["style"] for row in r.values())
+    assert any(row["swapped_style"] != row["style"] for row in r.values())
+    assert condition_sensitivity(str(out), **kw) == r  # seeded

@@ -149,6 +149,70 @@ def style_control(
     }
 
 
+@torch.no_grad()
+def condition_sensitivity(
+    generator: str,
+    *,
+    identities: int = 24,
+    images_per_identity: int = 40,
+    toy_seed: int = 0,
+    context_seed: int = 0,
+    num_images: int = 128,
+    timesteps: tuple[int, ...] = (50, 200, 400, 600, 800),
+    seed: int = 0,
+    style: ToyStyleConfig | None = None,
+) -> dict[int, dict[str, float]]:
+    """How much the trained denoiser uses each condition: its noise-prediction MSE on
+    ``num_images`` real styled toyfaces (the generator's toy settings) noised to each of
+    ``timesteps`` (one noise draw per timestep, shared by every variant), with the ID vector and
+    the image's own style (``style``), the null style tokens (``null_style``), another
+    identity's image's style (``swapped_style``, :func:`swap_donors`), and without the ID vector
+    (``no_id``, own style). A condition the denoiser ignores leaves the loss unchanged when it
+    is removed or swapped."""
+    from facelab.core.diffusion.identities import random_identities
+    from facelab.core.errors import RangeError
+    from facelab.morphface.train import load_morphface
+
+    sampler = load_morphface(generator)
+    if sampler.encoder is None:
+        raise RangeError(f"{generator}: an ID-only generator (use_style=False) has no style")
+    style = style if style is not None else generator_toy_style(Path(generator))
+    toy = StyledToyFaces(
+        identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy", style=style
+    )
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(toy), generator=g)[:num_images]
+    den = sampler.denoiser
+    size = int(sampler.settings()["image_size"])
+    x0 = toy.materialize(torch.float32)[idx]
+    if x0.shape[-1] != size:
+        x0 = F.interpolate(x0, size=(size, size), mode="bilinear", antialias=True)
+    x0 = sampler.base.autoencoder.encode(x0)
+    labels = toy.labels[idx]
+    ctx = random_identities(identities, 512, context_seed)[labels]
+    tokens, null = sampler.style_tokens(toy.style_params(idx), len(idx))
+    swapped = tokens[swap_donors(labels)]
+    alphas = sampler.base.scheduler.alphas_cumprod  # the training schedule
+    on = torch.ones(len(idx), dtype=torch.bool)
+    out: dict[int, dict[str, float]] = {}
+    for t in timesteps:
+        eps = torch.randn(x0.shape, generator=g)
+        a = float(alphas[int(t)])
+        x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * eps
+        tt = torch.full((len(idx),), int(t))
+        row = {}
+        for name, flag, tok in (
+            ("style", on, tokens),
+            ("null_style", on, null),
+            ("swapped_style", on, swapped),
+            ("no_id", ~on, tokens),
+        ):
+            pred = den(x_t, tt, ctx, flag, extra_context=tok)
+            row[name] = float((pred.float() - eps).pow(2).mean())
+        out[int(t)] = row
+    return out
+
+
 def _identity(
     real: torch.Tensor,
     real_labels: torch.Tensor,
@@ -355,6 +419,7 @@ def write_toy_dataset(
 
 
 __all__ = [
+    "condition_sensitivity",
     "generator_toy_style",
     "style_control",
     "swap_donors",
