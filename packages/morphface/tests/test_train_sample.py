@@ -136,6 +136,12 @@ def test_id_only_baseline_trains_and_samples(tmp_path):
     s = load_morphface(tmp_path)
     ctx = torch.nn.functional.normalize(torch.randn(2, 512), dim=1)
     assert s.sample(ctx, seeds=[0, 1]).images.shape == (2, 3, 16, 16)
+    # the style measurements need a style encoder: a clear error, not a crash
+    from facelab.morphface.bench import condition_sensitivity, style_control
+
+    for measure in (style_control, condition_sensitivity):
+        with pytest.raises(FacelabError, match="ID-only generator"):
+            measure(str(tmp_path), identities=3, images_per_identity=4)
 
 
 def test_flip_maps_mirrors_the_pose(head):

@@ -77,20 +77,12 @@ def style_control(
     generated images); and ``settings``. ``style_scale`` / ``blend`` override the generator's
     guidance defaults."""
     from facelab.core.diffusion.identities import random_identities
-    from facelab.core.errors import RangeError
-    from facelab.morphface.train import load_morphface
 
     kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
     if num_steps is not None:
         kwargs["num_steps"] = num_steps
-    sampler = load_morphface(generator, **kwargs)
-    if sampler.encoder is None:
-        raise RangeError(
-            f"{generator}: an ID-only generator (use_style=False) has no style to control"
-        )
-    style = style if style is not None else generator_toy_style(Path(generator))
-    toy = StyledToyFaces(
-        identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy", style=style
+    sampler, toy, style = _styled_generator(
+        generator, style, identities, images_per_identity, toy_seed, **kwargs
     )
     real = toy.materialize(torch.float32)
     if real.shape[-1] != image_size:
@@ -149,6 +141,22 @@ def style_control(
     }
 
 
+def _styled_generator(generator, style, identities, images_per_identity, toy_seed, **kwargs):
+    """(sampler, the styled toyfaces of the generator's toy settings, those settings); an
+    ID-only generator (no style encoder) is an error."""
+    from facelab.core.errors import RangeError
+    from facelab.morphface.train import load_morphface
+
+    sampler = load_morphface(generator, **kwargs)
+    if sampler.encoder is None:
+        raise RangeError(f"{generator}: an ID-only generator (use_style=False) has no style")
+    style = style if style is not None else generator_toy_style(Path(generator))
+    toy = StyledToyFaces(
+        identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy", style=style
+    )
+    return sampler, toy, style
+
+
 @torch.no_grad()
 def condition_sensitivity(
     generator: str,
@@ -170,16 +178,8 @@ def condition_sensitivity(
     (``no_id``, own style). A condition the denoiser ignores leaves the loss unchanged when it
     is removed or swapped."""
     from facelab.core.diffusion.identities import random_identities
-    from facelab.core.errors import RangeError
-    from facelab.morphface.train import load_morphface
 
-    sampler = load_morphface(generator)
-    if sampler.encoder is None:
-        raise RangeError(f"{generator}: an ID-only generator (use_style=False) has no style")
-    style = style if style is not None else generator_toy_style(Path(generator))
-    toy = StyledToyFaces(
-        identities, images_per_identity, size=32, seed=toy_seed, difficulty="easy", style=style
-    )
+    sampler, toy, _ = _styled_generator(generator, style, identities, images_per_identity, toy_seed)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(toy), generator=g)[:num_images]
     den = sampler.denoiser
