@@ -230,8 +230,7 @@ def run(
         for paradigm in s["paradigms"]:
             name = {"normfree": "NormFree", "normkeep": "NormKeep"}[paradigm]
             if s["train"] == "shipped":
-                nets[name] = shipped_network(paradigm)
-                train_s[name] = 0.0
+                nets[name] = shipped_network(paradigm)  # not trained here: no training time
                 continue
             res = recipe(paradigm, s, workdir, progress)
             trained = train_iris(res)
@@ -259,7 +258,7 @@ def run(
         if name:
             section.plots.append(name)
     section.summary = _summary(rows)
-    section.settings = {**s, "train_wall_s": train_s}
+    section.settings = {**s, **({"train_wall_s": train_s} if train_s else {})}
     section.notes = [
         "procedural near-infrared ocular images and our protocol rules (the paper's are not "
         "available): compare the methods with each other, not with the paper's numbers",
