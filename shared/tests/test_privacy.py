@@ -568,3 +568,16 @@ def test_bad_inputs():
         )
     with pytest.raises(ShapeError, match="train and test"):
         compare_attacks({"x": (obs, torch.randn(24, 8))}, img, img, steps=1)
+
+
+def test_compare_attacks_reports_training_progress_only_when_asked(capsys, monkeypatch):
+    """Off a terminal, ``progress=True`` prints whole progress lines of each attack's training
+    (core ``progress_bar``); the default prints none."""
+    monkeypatch.setenv("FACELAB_PROGRESS_INTERVAL", "0")
+    train, test = blobs(16), blobs(8, seed=1)
+    kw = dict(config=AttackConfig(**TINY), steps=3, batch_size=8, device="cpu", baseline=False)
+    compare_attacks({"image": (train, test)}, train, test, **kw)
+    assert "inversion attack" not in capsys.readouterr().err
+    compare_attacks({"image": (train, test)}, train, test, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "inversion attack" in err and "\r" not in err

@@ -226,6 +226,7 @@ def _compare(
         baseline=True,
         grid_path=grid,
         grid_samples=8,
+        progress=a.progress,
     )
     return {r["attack"]: r for r in rows}
 

@@ -853,6 +853,7 @@ def compare_attacks(
     baseline: bool = True,
     grid_path: str | os.PathLike | None = None,
     grid_samples: int = 8,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Train one inversion attack per observation type and score each on the same test set.
 
@@ -862,6 +863,8 @@ def compare_attacks(
     chosen once at ``far`` on the real test images with ``test_labels``), so the rows are
     comparable. With ``baseline``, a first row ``"mean image"`` scores the no-information
     attack. With ``grid_path``, a PNG of originals vs each attack's reconstructions is written.
+    ``progress`` shows each attack's training progress (core ``progress_bar``: a bar on a
+    terminal, a line every few seconds otherwise).
 
     Returns one row per attack: ``attack``, ``observation`` (its shape), the metrics of
     ``AttackResult.as_row`` and ``train_loss`` / ``train_seconds``.
@@ -907,7 +910,9 @@ def compare_attacks(
         rows.append(row)
     for name, (train_obs, test_obs) in observations.items():
         attack = InversionAttack(config, seed=seed, device=device)
-        history = attack.fit(train_obs, train, steps=steps, batch_size=batch_size, lr=lr)
+        history = attack.fit(
+            train_obs, train, steps=steps, batch_size=batch_size, lr=lr, progress=progress
+        )
         rec = attack.reconstruct(test_obs).to(test.device)
         result = evaluate_reconstructions(rec, test, **scoring)
         row = result.as_row(name)
