@@ -260,7 +260,8 @@ def test_style_control_measurement_runs(trained):
         ident = r["identity"][part]
         assert 0.0 <= ident["identification_accuracy"] <= 1.0
         assert -2.0 <= ident["consistency_gap"] <= 2.0
-    # the toy style settings come from the generator's folder (the tiny run's preset defaults)
+    # the tiny run trained on the preset's default styles and recorded them in morphface.json
+    # (reading non-default settings back: test_generator_toy_style_reads_the_training_settings)
     assert tuple(r["settings"]["toy_style"]["yaw"]) == (0.0, 14.0, 6.0)
     assert json.loads((out / "generator" / "morphface.json").read_text())["toy_style"]["yaw"] == [
         0.0,
@@ -292,6 +293,9 @@ def test_generator_toy_style_reads_the_training_settings(tmp_path):
     (tmp_path / "morphface.json").write_text(json.dumps({"toy_style": {"yaw": [1, 2, 3]}}))
     assert generator_toy_style(tmp_path).yaw == (1, 2, 3)
     assert generator_toy_style(tmp_path).pitch == ToyStyleConfig().pitch
+    (tmp_path / "morphface.json").write_text("{not json")
+    with pytest.raises(FacelabError, match="not a readable JSON file"):
+        generator_toy_style(tmp_path)
 
 
 def test_real_data_path_matches_rows_by_image_name(tmp_path):

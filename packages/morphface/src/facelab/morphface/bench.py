@@ -133,7 +133,7 @@ def style_control(
             "swap": bool(swap),
             "clip_sample": bool(clip_sample),
             "requests": int(num_requests),
-            "num_steps": sampler.settings().get("num_steps", num_steps),
+            "num_steps": sampler.settings()["num_steps"],
             "style_scale": style_scale,
             "blend": blend,
             "toy_style": asdict(style),
@@ -263,12 +263,18 @@ def swap_donors(labels: torch.Tensor) -> torch.Tensor:
 def generator_toy_style(generator: Path) -> ToyStyleConfig:
     """The toy style settings a generator was trained on: ``toy_weights.json`` (the benchmarks'
     toy weights) or ``morphface.json``'s ``toy_style`` (``facelab morphface train`` on
-    toyfaces), else the default ``ToyStyleConfig()``."""
+    toyfaces), else the default ``ToyStyleConfig()``. A file that is there but unreadable is an
+    error, not a silent fall back to the defaults."""
+    from facelab.core.errors import FormatError
+
     for name, keys in ((TOY_INFO_FILE, ("styles", "toy")), ("morphface.json", ("toy_style",))):
-        try:
-            doc: Any = json.loads((Path(generator) / name).read_text())
-        except (OSError, json.JSONDecodeError):
+        path = Path(generator) / name
+        if not path.is_file():
             continue
+        try:
+            doc: Any = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{path}: not a readable JSON file ({exc})") from None
         for k in keys:
             doc = doc.get(k) if isinstance(doc, dict) else None
         if isinstance(doc, dict):
