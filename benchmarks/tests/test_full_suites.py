@@ -169,12 +169,17 @@ def test_ppfr_claims_and_paper_shape_sizes():
     assert lines[0] == "- RGB ArcFace baseline on lfw: accuracy 0.9500"
     assert CLAIM_DROP_POINTS == 2.0
     assert lines[1].startswith("- DuetFace") and lines[1].endswith(": holds here")
-    assert "accuracy 0.9310, +1.9 points below" in lines[1]
-    assert "+5.0 points below" in lines[2] and lines[2].endswith(
+    assert "accuracy 0.9310, 1.9 points below the baseline" in lines[1]
+    assert "5.0 points below" in lines[2] and lines[2].endswith(
         "does not hold at this size or budget"
     )
     assert lines[3].endswith("not checked (not built)")
     assert "no claim" in ppfr_claims(rows[1:], ["duetface"], "lfw")
+    # a method above the baseline: "points above", and the claim holds
+    above = [rows[0], {"method": "duetface [lfw]", "status": "ok", "accuracy": 0.983}]
+    line = ppfr_claims(above, ["duetface"], "lfw").splitlines()[1]
+    assert "accuracy 0.9830, 3.3 points above the baseline" in line and "-3.3" not in line
+    assert line.endswith(": holds here")
     # the paper-shape toy data is the presets' own data (core's paper_shape_data)
     d, s = paper_shape_data(), toydata.sizes_for("paper-shape", small=False)
     assert (s.image_size, s.identities, s.images_per_identity, s.difficulty) == (
@@ -189,3 +194,39 @@ def test_ppfr_claims_and_paper_shape_sizes():
         d.eval_pairs,
     )
     assert toydata.sizes_for("toy", small=True) == toydata.SMALL
+
+
+@pytest.mark.parametrize(
+    "preset, toy, small, steps, want_steps, want_width",
+    [
+        ("paper-shape", True, False, None, 300, 16),  # the CPU-hour budget
+        ("paper-shape", True, False, 2000, 2000, 16),  # --attack-steps wins
+        ("paper-shape", False, False, None, 2000, 32),  # real data: the full attack
+        ("toy", True, False, None, 2000, 32),
+        (None, True, False, None, 2000, 32),  # toy data, the toy preset by default
+        ("paper-shape", True, True, None, 20, 8),  # --small
+    ],
+)
+def test_attack_budget_per_run(
+    tmp_path, monkeypatch, preset, toy, small, steps, want_steps, want_width
+):
+    from facelab.benchmarks import full, toydata
+
+    folder, bin_file = tmp_path / "train", tmp_path / "eval.bin"
+    folder.mkdir()
+    bin_file.write_bytes(b"")
+    written = []
+
+    def fake_write(root, sizes, seed):  # the toy data itself is tested above
+        written.append(sizes)
+        return folder, bin_file
+
+    monkeypatch.setattr(toydata, "write_toy_data", fake_write)
+    data = (None, None) if toy else (folder, [bin_file])
+    a = full._check_args(*data, preset, None, None, None, steps, 0, small, False, tmp_path)
+    assert a.toy is toy and bool(written) is toy
+    assert a.attack_steps == want_steps
+    assert a.attack_config().width == want_width
+    notes = " ".join(full._notes(a))
+    assert ("CPU-hour budget" in notes) is (preset == "paper-shape" and toy and not small)
+    assert full._settings(a, [])["attack_width"] == want_width
