@@ -82,8 +82,15 @@ def test_sample_writes_resumes_and_refuses_other_runs(generator, tmp_path, capsy
     assert rc == 0 and "0 identities written, 3 already there" in text
     assert _files(out) == before
 
-    # an identity lost mid-run is redone, the others are untouched, the images are the same
-    img = (out / "000001" / "0001.png").read_bytes()
+    # an identity lost mid-run is redone, the others are untouched, the images are the same up
+    # to 8-bit rounding: the redone identity is sampled in a smaller batch (2 images, not 4), and
+    # CPU kernels chosen by batch size and instruction set (AVX-512 here) may differ in the last
+    # float bits, which can move a value across a rounding boundary (measured: one value of one
+    # image, by one level)
+    def pixels(k):
+        return np.asarray(Image.open(out / "000001" / f"000{k}.png")).astype(np.int16)
+
+    first = [pixels(k) for k in (0, 1)]
     import shutil
 
     shutil.rmtree(out / "000001")
@@ -93,7 +100,9 @@ def test_sample_writes_resumes_and_refuses_other_runs(generator, tmp_path, capsy
     assert {k: v for k, v in after.items() if k.parts[0] != "000001"} == {
         k: v for k, v in before.items() if k.parts[0] != "000001"
     }
-    assert (out / "000001" / "0001.png").read_bytes() == img
+    for k, before_k in enumerate(first):
+        diff = np.abs(pixels(k) - before_k)
+        assert int(diff.max()) <= 1 and int((diff > 0).sum()) <= 4, (k, int(diff.max()))
 
     # the same folder with another threshold is another run: refused, nothing touched
     before = _files(out)

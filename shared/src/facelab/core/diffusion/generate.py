@@ -15,7 +15,9 @@ an identity whose images were being written when the run stopped lives in a hidd
 ``.partial-<name>`` folder, which is deleted and redone whole. A finished folder appears by one
 atomic rename after its images and meta.json are on disk. An output folder holding another run's
 manifest is refused. Image ``j`` of identity ``c`` starts from noise seeded by ``(seed, c, j)``, so
-a resumed, re-batched or multi-process run writes the same images as an uninterrupted one.
+a resumed, re-batched or multi-process run writes the same images as an uninterrupted one, up to
+8-bit rounding: an image sampled in a batch of another size can differ in the last float bits
+(CPU and GPU kernels are chosen by batch size), which moves an occasional value by one level.
 
 Several processes (``accelerate launch``) split the identities with Accelerate's
 ``split_between_processes``; the main process writes the manifest and shows a progress bar with
