@@ -740,9 +740,10 @@ def _notes(a: FullArgs) -> list[str]:
     budget = (
         [
             f"paper-shape toy data: the inversion attacks train a width-"
-            f"{ATTACK_WIDTH_PAPER_SHAPE_TOY} decoder for {a.attack_steps} steps (the CPU-hour "
-            "budget; other runs: width 32, 2,000 steps), so their rows are a lower bound on what "
-            "a fully trained attack recovers"
+            f"{ATTACK_WIDTH_PAPER_SHAPE_TOY} decoder for {a.attack_steps} steps (default "
+            f"{ATTACK_STEPS_PAPER_SHAPE_TOY}: the CPU-hour budget; other runs: width 32, "
+            f"{ATTACK_STEPS:,} steps), so their rows are a lower bound on what a fully trained "
+            "attack recovers"
         ]
         if a.paper_shape_toy
         else []
