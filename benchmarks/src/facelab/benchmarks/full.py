@@ -60,6 +60,10 @@ ATTACK_STEPS_PAPER_SHAPE_TOY = 300
 ATTACK_WIDTH_PAPER_SHAPE_TOY = 16
 
 
+def _paper_shape_toy(toy: bool, preset: str | None, small: bool) -> bool:
+    return toy and preset == "paper-shape" and not small
+
+
 @dataclasses.dataclass
 class FullArgs:
     train_data: Path
@@ -78,7 +82,7 @@ class FullArgs:
     @property
     def paper_shape_toy(self) -> bool:
         """The paper-shape preset on its toy data (the CPU-hour attack budget)."""
-        return self.toy and self.preset == "paper-shape" and not self.small
+        return _paper_shape_toy(self.toy, self.preset, self.small)
 
     def attack_config(self) -> Any:
         """The inversion attacks' decoder (core ``AttackConfig``) of this run."""
@@ -153,7 +157,7 @@ def _check_args(
         steps = attack_steps
     elif small:
         steps = ATTACK_STEPS_SMALL
-    elif toy and preset == "paper-shape":
+    elif _paper_shape_toy(toy, preset, small):
         steps = ATTACK_STEPS_PAPER_SHAPE_TOY
     else:
         steps = ATTACK_STEPS
