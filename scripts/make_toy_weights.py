@@ -1,5 +1,6 @@
 """Train the toy generators of the synthesis family once and export their weights (float16
-safetensors, a few MB each) to ``benchmarks/toy-weights/<generator>/``, where ``facelab bench
+safetensors, a few MB each) to ``benchmarks/toy-weights/<generator>/`` (MorphFace's into its
+package, ``facelab/morphface/weights/toy``, which its claim test uses), where ``facelab bench
 quick`` and ``facelab bench synth`` find them.
 
     uv run python scripts/make_toy_weights.py                       # every installed generator
@@ -28,12 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         GENERATORS,
         INFO_FILE,
         MissingWeightsError,
+        get_generator,
         make_toy_weights,
     )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=list(GENERATORS))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "toy-weights"))
+    p.add_argument(
+        "--out",
+        default=None,
+        help="export root (default: benchmarks/toy-weights, or the package's own weights "
+        "folder for a generator that ships them)",
+    )
     p.add_argument("--workdir", default=str(ROOT / "runs" / "toy-weights"))
     p.add_argument("--steps", type=int, default=None, help="override the presets' steps")
     p.add_argument("--seed", type=int, default=0)
@@ -45,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "toy-weights"
     command = "uv run python scripts/make_toy_weights.py --generators {name}" + (
         f" --steps {args.steps}" if args.steps else ""
     )
     status = {}
     for name in args.generators:
-        if (out / name / INFO_FILE).is_file() and not args.force:
-            print(f"{name}: weights exist in {out / name} (--force to retrain)", flush=True)
+        target = out / name
+        ship = get_generator(name).hook("shipped_toy_weights")
+        if ship is not None and not args.out:
+            target = Path(ship())  # the package ships them (its own tests use them)
+        if (target / INFO_FILE).is_file() and not args.force:
+            print(f"{name}: weights exist in {target} (--force to retrain)", flush=True)
             status[name] = "kept"
             continue
         print(f"{name}: training its toy preset in {args.workdir}/{name}", flush=True)
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 progress=not args.no_progress,
                 command=command.format(name=name),
+                dest=target,
             )
         except MissingWeightsError as err:
             print(f"{name}: skipped: {err}", flush=True)

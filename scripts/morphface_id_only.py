@@ -9,6 +9,9 @@ fitted prior); then
 * identity consistency under a toy recognizer trained on the real styled toyfaces (core
   ``identity_consistency``: genuine minus impostor cosine, identification against the real
   images of the same identities);
+* per-subject style statistics read from the images: a pose / expression regressor trained
+  on the real styled toyfaces reads yaw, pitch and smile from every image; the ICC (between-
+  subject share of the variance) of each dataset against the real data's;
 * FRCSyn's toy protocol (``facelab.frcsyn.cross_dataset_table`` through the synthesis suite's
   recipe): AVG accuracy of a recognizer trained on each dataset, and real toyfaces of the same
   size as the baseline.
@@ -18,8 +21,9 @@ fitted prior); then
     uv run python scripts/morphface_id_only.py --morphface runs/mf-S/generator \\
         --id-only runs/mf-id-S/generator --seed S --workdir results/morphface-id-only-S
 
-(seed 0's MorphFace is the shipped ``benchmarks/toy-weights/morphface``.) About 12 CPU-minutes
-per training and 5 for this script, one thread.
+(seed 0's MorphFace is the package's shipped toy weights, ``facelab.morphface.bench.
+TOY_WEIGHTS``, the default of ``--morphface``.) About 45 CPU-minutes per training (6,000 steps)
+and 5 for this script, one thread.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--morphface", default=str(ROOT / "benchmarks" / "toy-weights" / "morphface"))
+    p.add_argument("--morphface", default=None, help="default: the package's shipped toy weights")
     p.add_argument("--id-only", required=True, help="generator folder trained with --no-use-style")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="results/morphface-id-only")
@@ -48,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     from facelab.core.diffusion.metrics import identity_consistency
     from facelab.core.diffusion.toy import train_toy_recognizer
     from facelab.morphface.bench import TOY_INFO_FILE, generator_toy_style, write_toy_dataset
-    from facelab.morphface.toy import StyledToyFaces
+    from facelab.morphface.prior import subject_statistics
+    from facelab.morphface.toy import REGRESSED, StyledToyFaces, train_style_regressor
 
     torch.set_num_threads(1)
-    gens = {"MorphFace": Path(args.morphface), "MorphFace ID-only": Path(args.id_only)}
+    from facelab.morphface.bench import TOY_WEIGHTS
+
+    morphface = Path(args.morphface) if args.morphface else TOY_WEIGHTS
+    gens = {"MorphFace": morphface, "MorphFace ID-only": Path(args.id_only)}
     info = gens["MorphFace"] / TOY_INFO_FILE
     if not (gens["MorphFace ID-only"] / TOY_INFO_FILE).is_file():
         # the CLI writes no toy info; the twin was trained on the same toy data
@@ -86,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     real = real_set.materialize(torch.float32)
     recognizer = train_toy_recognizer(real, real_set.labels, steps=300, seed=args.seed).eval()
+    # per-subject style statistics read from the images: a regressor trained on the real set
+    # reads yaw / pitch / smile; ICC = between-subject share of the variance
+    regressor = train_style_regressor(
+        real, real_set.regression_targets(), steps=400, seed=args.seed
+    ).eval()
+
+    def style_iccs(images, labels) -> dict[str, float]:
+        with torch.no_grad():
+            read = regressor(images)
+        return {
+            f"{n}_icc_read": subject_statistics(read[:, k], labels)["icc"]
+            for k, n in enumerate(REGRESSED)
+            if n in ("yaw", "pitch", "smile")
+        }
+
     with torch.no_grad():
         ref = F.normalize(recognizer(real), dim=1)
     out: dict[str, dict[str, float]] = {}
@@ -97,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             e = F.normalize(recognizer(x), dim=1)
         c = identity_consistency(e, y, references=ref, reference_labels=real_set.labels)
-        out[name] = {k: float(v) for k, v in c.items()}
+        out[name] = {k: float(v) for k, v in c.items()} | style_iccs(x, torch.as_tensor(y))
+    # the real data's own (the generators' training set, the same identities)
+    out["real toyfaces"] = style_iccs(real, real_set.labels)
     table, _ = family_synth._score(datasets, s, work, False, None, None)
     rows, _ = family_synth._rows(table, {})
     for r in rows:

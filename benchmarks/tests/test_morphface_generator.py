@@ -64,3 +64,21 @@ def test_morphface_toy_weights_and_dataset(tmp_path):
             num_steps=2,
             progress=False,
         )
+
+
+def test_the_packages_shipped_weights_are_the_fallback(tmp_path):
+    """MorphFace ships its toy weights in its package: the suites use them unless the weights
+    root has its own ``morphface/`` folder; generators without shipped weights still need one."""
+    from facelab.morphface import bench
+
+    assert G.shipped_weights("morphface") == bench.TOY_WEIGHTS
+    assert G.read_info(bench.TOY_WEIGHTS)["generator"] == "morphface"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert G.weights_dir("morphface", empty) == bench.TOY_WEIGHTS
+    assert G.weights_dir("morphface", None) == bench.TOY_WEIGHTS
+    own = G.export_fp16(bench.TOY_WEIGHTS, tmp_path / "root" / "morphface", {"note": "copy"})
+    assert G.weights_dir("morphface", tmp_path / "root") == own
+    assert G.shipped_weights("uiface") is None and G.shipped_weights("nope") is None
+    with pytest.raises(G.MissingWeightsError, match="generators uiface"):
+        G.weights_dir("uiface", empty)

@@ -463,7 +463,7 @@ def test_bad_tokens_and_mismatched_samples_are_clear_errors(tmp_path):
     assert width == 32
     cond = Codes()
     codes, flips = torch.randn(4, 3), torch.zeros(4, dtype=torch.bool)
-    assert apply_extra(cond, codes, flips, 4, width).shape == (4, 2, 32)
+    assert apply_extra(cond, codes, flips, 4, width).tokens.shape == (4, 2, 32)
     with pytest.raises(ShapeError, match=r"expected tokens of shape \(4, N, 16\)"):
         apply_extra(cond, codes, flips, 4, 16)
     with pytest.raises(ShapeError, match=r"\(5, N, 32\)"):

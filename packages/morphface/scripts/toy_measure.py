@@ -1,7 +1,8 @@
 """Style control of a trained toy MorphFace generator (the README's style-control tables).
 
     OMP_NUM_THREADS=1 uv run python packages/morphface/scripts/toy_measure.py GEN_DIR \
-        [--seed 0] [--own-style] [--no-clip] [--style-scale S] [--blend B] [--steps N]
+        [--seed 0] [--own-style] [--no-clip] [--style-scale S] [--id-scale S] [--blend B]
+        [--steps N] [--requests N] [--swap-fields all|pose-expression]
 
 Runs ``facelab.morphface.bench.style_control`` on one torch thread: each request pairs a held-out
 real image's identity with the style of an image of another identity (``--own-style``: its own
@@ -28,6 +29,13 @@ def main() -> None:
     p.add_argument("--own-style", action="store_true", help="request each image's own style")
     p.add_argument("--no-clip", action="store_true", help="plain DDIM (no x0 clipping)")
     p.add_argument("--style-scale", type=float, default=None)
+    p.add_argument("--id-scale", type=float, default=None)
+    p.add_argument(
+        "--swap-fields",
+        default="all",
+        choices=["all", "pose-expression"],
+        help="request the donor's whole style, or only its pose and expression",
+    )
     p.add_argument("--blend", type=float, default=None, help="context blending (default: stored)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the generator's)")
     a = p.parse_args()
@@ -42,6 +50,8 @@ def main() -> None:
         swap=not a.own_style,
         clip_sample=not a.no_clip,
         style_scale=a.style_scale,
+        id_scale=a.id_scale,
+        swap_fields=a.swap_fields,
         blend=a.blend,
         num_steps=a.steps,
     )

@@ -93,3 +93,18 @@ def test_bad_guidance():
         MorphFaceGuidance(sty, null, id_scale=torch.ones(2))
     with pytest.raises(ShapeError, match="tokens"):
         MorphFaceGuidance(sty, null[:, :2])
+
+
+def test_style_maps_go_with_the_style_tokens():
+    """With pixel-aligned renderings: the maps in the (id, sty) and (0, sty) branches, none in
+    the (0, 0) branch (the base sampler gives it zeros: a dropped style in training)."""
+    sty, null = tokens()
+    maps = torch.randn(3, 9, 8, 8)
+    g = MorphFaceGuidance(sty, null, style_maps=maps, id_scale=1.0, style_scale=1.0)
+    br = g.branches(state())
+    assert torch.equal(br["full"].extra_input, maps) and torch.equal(br["style"].extra_input, maps)
+    assert br["uncond"].extra_input is None
+    plain = MorphFaceGuidance(sty, null, id_scale=1.0, style_scale=1.0).branches(state())
+    assert all(b.extra_input is None for b in plain.values())
+    with pytest.raises(ShapeError, match=r"style maps: expected \(3, C, H, W\)"):
+        MorphFaceGuidance(sty, null, style_maps=maps[:2])

@@ -29,13 +29,15 @@ TINY_UNET = TOY_MORPHFACE_UNET | {
 }
 
 
-def tiny_cfg(out, use_style=True, steps=4):
+def tiny_cfg(out, use_style=True, steps=4, pixel_input=True):
     cfg = morphface_presets()["toy"]
     cfg.data.toy_identities, cfg.data.toy_images_per_identity = 3, 4
     cfg.data.image_size = 16
     cfg.use_style = use_style
     cfg.unet = ReferenceUNetConfig(**TINY_UNET)
-    cfg.encoder = EncoderConfig(map_size=16, widths=(8, 16), style_dropout_probability=0.2)
+    cfg.encoder = EncoderConfig(
+        map_size=16, widths=(8, 16), style_dropout_probability=0.2, pixel_input=pixel_input
+    )
     cfg.guidance = replace(cfg.guidance, num_steps=3)
     cfg.train = replace(
         cfg.train,
@@ -59,6 +61,11 @@ def trained(tmp_path_factory):
 def test_training_step_updates_encoder_and_saves(trained):
     out, res = trained
     assert res.train.step == 4
+    # the toy preset's pixel-aligned renderings: the denoiser's input path (zero at
+    # initialization) trained, and the generator folder rebuilds it
+    assert res.denoiser.config.extra_input_channels == 9
+    assert res.denoiser.extra_input_proj.weight.abs().max() > 0
+    assert json.loads((out / "generator" / "morphface.json").read_text())["pixel_input"]
     assert torch.isfinite(torch.tensor(res.train.losses["loss"]))
     # the style encoder was trained through the denoiser's loss: its position embedding starts
     # at exactly 0 and moves only if gradients reach the encoder (EMA copy included)
@@ -84,8 +91,10 @@ def test_sampling_is_seeded_and_responds_to_style(trained):
     b = s.sample(ctx, p, seeds=[1, 2]).images
     assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)
     assert a.abs().max() <= 1.0
-    swapped = s.sample(ctx, p.index(torch.tensor([1, 0])), seeds=[1, 2]).images
-    assert (swapped - a).abs().max() > 1e-4  # the style tokens reach the denoiser
+    # the style reaches the denoiser (the final latents, before the decoder's clamp)
+    la = s.sample(ctx, p, seeds=[1, 2], output="latents").latents
+    swapped = s.sample(ctx, p.index(torch.tensor([1, 0])), seeds=[1, 2], output="latents")
+    assert (swapped.latents - la).abs().max() > 1e-3
     none = s.sample(ctx, None, seeds=[1, 2]).images  # ID-only sampling of the same network
     assert torch.isfinite(none).all()
     with pytest.raises(ShapeError, match="rows"):
@@ -128,6 +137,54 @@ def test_generate_writes_styles_and_resumes(trained, tmp_path):
         s.generate(
             ctx, tmp_path / "ds2", prior=None, images_per_identity=2, image_size=16, progress=False
         )
+
+
+def test_style_conditioner_drops_maps_with_the_tokens(head):
+    """In training a dropped style is the null tokens *and* zero maps, by one draw; in eval
+    mode every sample keeps its style; without ``pixel_input`` only tokens come back."""
+    from facelab.core.diffusion.hooks import ExtraOutput
+    from facelab.morphface.encoder import StyleEncoder
+    from facelab.morphface.params import StyleLayout
+    from facelab.morphface.train import StyleConditioner
+
+    layout = StyleLayout(head.num_shape, head.num_expression, head.num_albedo)
+    toy = StyledToyFaces(4, 8, size=32, seed=0, difficulty="easy")
+    vec = toy.style_params().to_vector()
+    flips = torch.zeros(len(vec), dtype=torch.bool)
+    enc = StyleEncoder(
+        map_size=16, widths=(8, 16), context_channels=8, style_dropout_probability=0.5
+    )
+    cond = StyleConditioner(enc, StyleRenderer(head, 16), layout, pixel_input=True).train()
+    torch.manual_seed(0)
+    out = cond(vec, flips)
+    assert isinstance(out, ExtraOutput) and out.maps.shape == (32, 9, 16, 16)
+    dropped_maps = out.maps.flatten(1).abs().amax(1) == 0
+    null = enc.null(32)
+    dropped_tokens = (out.tokens - null).flatten(1).abs().amax(1) == 0
+    assert torch.equal(dropped_maps, dropped_tokens)
+    assert 0 < int(dropped_maps.sum()) < 32  # p = 0.5 over 32 samples
+    cond.eval()
+    kept = cond(vec, flips)
+    assert bool((kept.maps.flatten(1).abs().amax(1) > 0).all())
+    torch.testing.assert_close(kept.maps[~dropped_maps], out.maps[~dropped_maps])
+    tokens_only = StyleConditioner(enc, StyleRenderer(head, 16), layout).eval()(vec, flips)
+    assert isinstance(tokens_only, torch.Tensor)
+    torch.testing.assert_close(tokens_only, kept.tokens)
+
+
+def test_tokens_only_generator_has_no_input_path(tmp_path):
+    """``encoder.pixel_input=False`` (the paper preset's layout): the plain denoiser, the
+    renderings reach it through the style tokens only."""
+    res = train(tiny_cfg(tmp_path, steps=2, pixel_input=False))
+    assert res.denoiser.config.extra_input_channels == 0
+    assert not hasattr(res.denoiser, "extra_input_proj")
+    s = load_morphface(tmp_path)
+    assert not s.pixel_input
+    toy = StyledToyFaces(3, 4, size=32, seed=0, difficulty="easy")
+    ctx = torch.nn.functional.normalize(torch.randn(2, 512), dim=1)
+    out = s.sample(ctx, toy.style_params([0, 5]), seeds=[0, 1], output="latents").latents
+    assert torch.isfinite(out).all()
+    assert not morphface_presets()["paper"].encoder.pixel_input
 
 
 def test_id_only_baseline_trains_and_samples(tmp_path):

@@ -4,7 +4,8 @@ dataset from them.
 Training a diffusion generator does not fit the quick suite's budget (the base toy preset costs
 about 750 CPU-seconds), so each generator's toy weights are trained once by
 ``scripts/make_toy_weights.py`` and shipped as float16 safetensors (a few MB each) in
-``benchmarks/toy-weights/<name>/``; the suites only sample from them.
+``benchmarks/toy-weights/<name>/`` (or inside the generator's own package, where it ships
+them: ``bench.shipped_toy_weights()``); the suites only sample from them.
 
 Each generator is a :class:`GeneratorSpec`. A generator package may provide both steps itself
 in ``facelab.<name>.bench`` (these take precedence over the adapters here)::
@@ -302,8 +303,28 @@ def weights_root(explicit: str | Path | None = None) -> Path | None:
     return repository_weights()
 
 
+def shipped_weights(name: str) -> Path | None:
+    """The toy weights a generator package ships itself (``facelab.<name>.bench.
+    shipped_toy_weights()``, e.g. MorphFace's, which its own claim test uses), or None."""
+    try:
+        spec = get_generator(name)
+    except UnknownNameError:
+        return None
+    fn = spec.hook("shipped_toy_weights")
+    if fn is None:
+        return None
+    folder = Path(fn())
+    return folder if (folder / INFO_FILE).is_file() else None
+
+
 def weights_dir(name: str, root: Path | None) -> Path:
-    """The exported weights folder of generator ``name`` (checked), or MissingWeightsError."""
+    """The exported weights folder of generator ``name`` (checked): ``root/name``, else the
+    weights its package ships (:func:`shipped_weights`), else MissingWeightsError."""
+    if root is None or not (Path(root) / name / INFO_FILE).is_file():
+        shipped = shipped_weights(name)
+        if shipped is not None:
+            read_info(shipped)
+            return shipped
     if root is None:
         raise MissingWeightsError(
             f"{name}: no toy-weights folder (pass --toy-weights DIR or set {TOY_WEIGHTS_ENV})"
@@ -394,9 +415,10 @@ def make_toy_weights(
     seed: int = 0,
     progress: bool = True,
     command: str = "",
+    dest: Path | None = None,
 ) -> Path:
     """Train generator ``name``'s toy preset in ``workdir`` (resumable) and export its float16
-    weights to ``root/name``."""
+    weights to ``dest`` (default ``root/name``)."""
     spec = get_generator(name)
     if not spec.is_installed():
         raise MissingWeightsError(f"{name}: package {spec.module} is not installed")
@@ -416,4 +438,4 @@ def make_toy_weights(
         "train_cpu_s_this_process": round(time.process_time() - c0, 1),
         "command": command,
     }
-    return export_fp16(Path(generator), Path(root) / name, info)
+    return export_fp16(Path(generator), Path(dest) if dest else Path(root) / name, info)

@@ -34,6 +34,16 @@ from facelab.morphface.toy import (
     train_style_regressor,
 )
 
+#: the toy generator this package ships (the toy preset, training seed 0, float16; remade by
+#: ``uv run python scripts/make_toy_weights.py --generators morphface --force``): the claim
+#: test's generator, and the synthesis suite's MorphFace weights
+TOY_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy"
+
+
+def shipped_toy_weights() -> Path:
+    """The folder of the toy generator this package ships (:data:`TOY_WEIGHTS`)."""
+    return TOY_WEIGHTS
+
 
 def style_control(
     generator: str,
@@ -53,6 +63,8 @@ def style_control(
     style_scale: float | None = None,
     blend: float | None = None,
     recognizer_steps: int = 300,
+    id_scale: float | None = None,
+    swap_fields: str = "all",
 ) -> dict[str, Any]:
     """Style agreement of a generator trained on styled toyfaces.
 
@@ -63,7 +75,10 @@ def style_control(
     ID vector) with a style. ``swap=True`` (default) takes the style from a held-out image of
     *another* identity, so a generator that ignores the style tokens and draws its identity's
     habitual pose cannot score; ``swap=False`` asks for the image's own style (then identity
-    alone explains much of the agreement).
+    alone explains much of the agreement). ``swap_fields``: ``"all"`` requests the donor's
+    whole 3DMM style (its shape and albedo too, which carry the donor's identity in the toy
+    data), ``"pose-expression"`` only the donor's pose and expression on the requesting image's
+    own shape, camera, light and albedo (what the style-control claim is about).
 
     Returns, per attribute, Pearson correlation and MAE (:func:`style_agreement`) of the values
     the regressor reads back against the requested ones for: ``generated`` (with the requested
@@ -75,7 +90,7 @@ def style_control(
     ``train_toy_recognizer``) trained on the regressor's real images - closed-set identification
     against those images and the consistency gap (genuine minus impostor cosine among the
     generated images); and ``settings``. ``style_scale`` / ``blend`` override the generator's
-    guidance defaults."""
+    guidance defaults (``id_scale`` for the null-style images too)."""
     from facelab.core.diffusion.identities import random_identities
 
     kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
@@ -97,19 +112,22 @@ def style_control(
     )
     table = random_identities(identities, 512, context_seed)
     ctx = table[toy.labels[test]]
-    styles = toy.style_params(test[donor])
+    styles = _requested_styles(toy, test, donor, swap_fields)
     scale: dict[str, float] = {}
     if style_scale is not None:
         scale["style_scale"] = float(style_scale)
     if blend is not None:
         scale["blend"] = float(blend)
+    if id_scale is not None:
+        scale["id_scale"] = float(id_scale)
     seeds = [seed * 100_003 + k for k in range(num_requests)]
     imgs, plain = [], []
     for i in range(0, num_requests, 32):
         sl = slice(i, i + 32)
         part = styles.index(torch.arange(num_requests)[sl])
         imgs.append(sampler.sample(ctx[sl], part, seeds=seeds[sl], **scale).images)
-        plain.append(sampler.sample(ctx[sl], None, seeds=seeds[sl]).images)
+        ids = {k: v for k, v in scale.items() if k == "id_scale"}
+        plain.append(sampler.sample(ctx[sl], None, seeds=seeds[sl], **ids).images)
     imgs, plain = torch.cat(imgs), torch.cat(plain)
     req, own = targets[test[donor]], targets[test]
     identity: dict[str, dict[str, float]] = {}
@@ -131,6 +149,7 @@ def style_control(
         "identity": identity,
         "settings": {
             "swap": bool(swap),
+            "swap_fields": swap_fields,
             "clip_sample": bool(clip_sample),
             "requests": int(num_requests),
             "num_steps": sampler.settings()["num_steps"],
@@ -173,7 +192,8 @@ def condition_sensitivity(
     """How much the trained denoiser uses each condition: its noise-prediction MSE on
     ``num_images`` real styled toyfaces (the generator's toy settings) noised to each of
     ``timesteps`` (one noise draw per timestep, shared by every variant), with the ID vector and
-    the image's own style (``style``), the null style tokens (``null_style``), another
+    the image's own style (``style``), the null style tokens (``null_style``; zero maps for a
+    denoiser with pixel-aligned renderings, which otherwise go with the tokens), another
     identity's image's style (``swapped_style``, :func:`swap_donors`), and without the ID vector
     (``no_id``, own style). A condition the denoiser ignores leaves the loss unchanged when it
     is removed or swapped."""
@@ -190,8 +210,10 @@ def condition_sensitivity(
     x0 = sampler.base.autoencoder.encode(x0)
     labels = toy.labels[idx]
     ctx = random_identities(identities, 512, context_seed)[labels]
-    tokens, null = sampler.style_tokens(toy.style_params(idx), len(idx))
-    swapped = tokens[swap_donors(labels)]
+    tokens, null, maps = sampler.style_condition(toy.style_params(idx), len(idx))
+    donors = swap_donors(labels)
+    swapped = tokens[donors]
+    swapped_maps = maps[donors] if maps is not None else None
     alphas = sampler.base.scheduler.alphas_cumprod  # the training schedule
     on = torch.ones(len(idx), dtype=torch.bool)
     out: dict[int, dict[str, float]] = {}
@@ -201,16 +223,43 @@ def condition_sensitivity(
         x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * eps
         tt = torch.full((len(idx),), int(t))
         row = {}
-        for name, flag, tok in (
-            ("style", on, tokens),
-            ("null_style", on, null),
-            ("swapped_style", on, swapped),
-            ("no_id", ~on, tokens),
+        for name, flag, tok, m in (
+            ("style", on, tokens, maps),
+            ("null_style", on, null, None),
+            ("swapped_style", on, swapped, swapped_maps),
+            ("no_id", ~on, tokens, maps),
         ):
-            pred = den(x_t, tt, ctx, flag, extra_context=tok)
+            kw = {} if m is None else {"extra_input": m}
+            pred = den(x_t, tt, ctx, flag, extra_context=tok, **kw)
             row[name] = float((pred.float() - eps).pow(2).mean())
         out[int(t)] = row
     return out
+
+
+SWAP_FIELDS = ("all", "pose-expression")
+
+
+def _requested_styles(toy, test: torch.Tensor, donor: torch.Tensor, swap_fields: str):
+    """The requested 3DMM styles: the donors' whole style (``"all"``), or their pose and
+    expression on the requesting image's own shape, camera, light and albedo
+    (``"pose-expression"``)."""
+    from facelab.core.errors import UnknownNameError
+    from facelab.morphface.params import StyleParams
+
+    if swap_fields not in SWAP_FIELDS:
+        raise UnknownNameError(f"swap_fields: expected one of {SWAP_FIELDS}, got {swap_fields!r}")
+    donors = toy.style_params(test[donor])
+    if swap_fields == "all":
+        return donors
+    own = toy.style_params(test)
+    return StyleParams(
+        shape=own.shape,
+        expression=donors.expression,
+        pose=donors.pose,
+        camera=own.camera,
+        light=own.light,
+        albedo=own.albedo,
+    )
 
 
 def _identity(
@@ -425,8 +474,10 @@ def write_toy_dataset(
 
 
 __all__ = [
+    "TOY_WEIGHTS",
     "condition_sensitivity",
     "generator_toy_style",
+    "shipped_toy_weights",
     "style_control",
     "swap_donors",
     "toy_style_prior",

@@ -23,6 +23,10 @@ late (small t). So the two guidance weights are blended along the trajectory::
 identity (each scale's mean over a uniform trajectory stays s). Branches that a step does not
 need (all weights of that term zero) are skipped; all needed branches run as one batched
 forward of the base sampler.
+
+With pixel-aligned renderings (``style_maps``, a denoiser built with ``extra_input_channels``)
+the maps go with the style tokens: the ``(id, sty)`` and ``(0, sty)`` branches get them, the
+``(0, 0)`` branch zero maps (a dropped style in training), so the style term acts through both.
 """
 
 from __future__ import annotations
@@ -51,14 +55,16 @@ def _scales(value: float | torch.Tensor, b: int, name: str) -> torch.Tensor:
 class MorphFaceGuidance:
     """``branches()/combine()`` guidance for the base ``IdentitySampler`` (see the module
     docstring). ``style_tokens`` / ``null_tokens`` (B, N, C) are the sample's style and the
-    null-style tokens; ``id_scale``, ``style_scale`` floats or (B,) tensors; ``blend`` in
-    [0, 1]."""
+    null-style tokens; ``style_maps`` (B, C_in, H, W) the sample's renderings for a denoiser
+    with pixel-aligned input (None: no maps); ``id_scale``, ``style_scale`` floats or (B,)
+    tensors; ``blend`` in [0, 1]."""
 
     def __init__(
         self,
         style_tokens: torch.Tensor,
         null_tokens: torch.Tensor,
         *,
+        style_maps: torch.Tensor | None = None,
         id_scale: float | torch.Tensor = 1.0,
         style_scale: float | torch.Tensor = 1.0,
         blend: float = 0.0,
@@ -72,7 +78,11 @@ class MorphFaceGuidance:
         if not 0.0 <= float(blend) <= 1.0:
             raise RangeError(f"blend: expected a value in [0, 1], got {blend}")
         b = style_tokens.shape[0]
-        self.style, self.null = style_tokens, null_tokens
+        if style_maps is not None and (style_maps.dim() != 4 or style_maps.shape[0] != b):
+            raise ShapeError(
+                f"style maps: expected ({b}, C, H, W) renderings, got {tuple(style_maps.shape)}"
+            )
+        self.style, self.null, self.maps = style_tokens, null_tokens, style_maps
         self.id_scale = _scales(id_scale, b, "id_scale")
         self.style_scale = _scales(style_scale, b, "style_scale")
         self.blend = float(blend)
@@ -87,9 +97,9 @@ class MorphFaceGuidance:
         w_id, w_sty = self.weights(state.timestep)
         b = state.batch
         off = torch.zeros(b, dtype=torch.bool, device=state.latents.device)
-        out = {"full": Branch(state.context_flag, self.style)}
+        out = {"full": Branch(state.context_flag, self.style, self.maps)}
         if bool(w_id.any()) or bool(w_sty.any()):
-            out["style"] = Branch(off, self.style)
+            out["style"] = Branch(off, self.style, self.maps)
         if bool(w_sty.any()):
             out["uncond"] = Branch(off, self.null)
         return out

@@ -2,7 +2,8 @@
 
 ``MorphFaceSampler`` wraps the base's ``IdentitySampler`` (DDIM, one batched forward of every
 guidance branch per step) with the style path: render the requested 3DMM parameters, encode them
-into style tokens, and guide with separate identity and style scales and the context-blending
+into style tokens (and, for a denoiser with pixel-aligned input, pass the renderings too), and
+guide with separate identity and style scales and the context-blending
 schedule (:class:`~facelab.morphface.guidance.MorphFaceGuidance`). ``styles=None`` samples the
 same network as an ID-only generator (null style tokens in every branch).
 
@@ -80,24 +81,41 @@ class MorphFaceSampler:
             "style_scale": self.style_scale,
             "blend": self.blend,
             "style": self.encoder is not None,
+            "pixel_input": self.pixel_input,
         }
 
+    @property
+    def pixel_input(self) -> bool:
+        """True when the denoiser also takes the renderings pixel-aligned at its input."""
+        from facelab.core.diffusion.hooks import input_channels
+
+        return input_channels(self.base.denoiser) > 0
+
     @torch.no_grad()
-    def style_tokens(
+    def style_condition(
         self, styles: StyleParams | None, batch: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(style tokens, null tokens), each (B, N, C), on the denoiser's device and dtype."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(style tokens, null tokens, maps): tokens (B, N, C) on the denoiser's device and
+        dtype; maps: the renderings (B, 9, s, s) for a denoiser with pixel-aligned input, else
+        None (also for ``styles=None``: no style)."""
         if self.encoder is None:
             raise ShapeError("this generator has no style encoder (an ID-only generator)")
         dev, dt = self.base.device, self.base.dtype
         null = self.encoder.null(batch).to(dev, dt)
         if styles is None:
-            return null, null
+            return null, null, None
         if len(styles) != batch:
             raise ShapeError(f"styles: expected {batch} rows (one per sample), got {len(styles)}")
         maps = self.renderer.maps(styles).to(dev, dt)
         keep = torch.ones(batch, dtype=torch.bool, device=dev)
-        return self.encoder(maps, keep=keep), null
+        return self.encoder(maps, keep=keep), null, (maps if self.pixel_input else None)
+
+    def style_tokens(
+        self, styles: StyleParams | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(style tokens, null tokens), each (B, N, C), on the denoiser's device and dtype."""
+        tokens, null, _ = self.style_condition(styles, batch)
+        return tokens, null
 
     @torch.no_grad()
     def sample(
@@ -130,10 +148,11 @@ class MorphFaceSampler:
                 guidance_scale=ids,
                 output=output,  # type: ignore[arg-type]
             )
-        style, null = self.style_tokens(styles, b)
+        style, null, maps = self.style_condition(styles, b)
         guide = MorphFaceGuidance(
             style,
             null,
+            style_maps=maps,
             id_scale=ids,
             style_scale=sts if styles is not None else 0.0,
             blend=bl,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelab.core.diffusion.hooks import ExtraConditioner
+from facelab.core.diffusion.hooks import ExtraConditioner, ExtraOutput
 from facelab.core.diffusion.train import (
     TOY_UNET,
     AutoencoderConfig,
@@ -67,11 +67,15 @@ class StyleDataConfig:
 
 @dataclass
 class EncoderConfig:
-    """The style encoder (``StyleEncoder``); ``map_size``: side of the rendered style maps."""
+    """The style encoder (``StyleEncoder``); ``map_size``: side of the rendered style maps;
+    ``pixel_input`` (ours, not the paper's): also add the renderings pixel-aligned at the
+    denoiser's input (the base denoisers' ``extra_input_channels``, a zero-initialized conv;
+    resized to the latent size; zero maps where the style is dropped)."""
 
     map_size: int = 64
     widths: tuple[int, ...] = (32, 64, 128, 256)
     style_dropout_probability: float = 0.1
+    pixel_input: bool = False
 
 
 @dataclass
@@ -94,8 +98,6 @@ class GuidanceConfig:
 
 def _base_train(preset: str, output_dir: str) -> TrainConfig:
     """The base's training settings of ``preset`` (MorphFace trains on the same schedule)."""
-    from dataclasses import replace
-
     from facelab.core.diffusion.train import synth_presets
 
     return replace(synth_presets()[preset].train, output_dir=output_dir)
@@ -135,11 +137,15 @@ class MorphFaceConfig:
     snr_gamma: float = 0.0
 
 
-#: the toy preset's denoiser: the base toy UNet, each condition dropped on its own
+#: the toy preset's denoiser: the base toy UNet, each condition dropped on its own; the ID
+#: vector in half of the steps (with 0.15 the toy denoiser learned identity and ignored the
+#: renderings; README "Style path diagnostics")
 TOY_MORPHFACE_UNET = TOY_UNET | {
     "first_sample_unconditional": False,
-    "unconditioned_probability": 0.15,
+    "unconditioned_probability": 0.5,
 }
+#: training steps of the toy preset: four times the base toy's 1,500 (style control needs them)
+TOY_MORPHFACE_STEPS = 6000
 
 
 def morphface_presets() -> dict[str, MorphFaceConfig]:
@@ -162,10 +168,12 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
             toy_difficulty="easy",
         ),
         unet=ReferenceUNetConfig(**TOY_MORPHFACE_UNET),
-        encoder=EncoderConfig(map_size=32, widths=(32, 64, 64), style_dropout_probability=0.15),
+        encoder=EncoderConfig(
+            map_size=32, widths=(32, 64, 64), style_dropout_probability=0.15, pixel_input=True
+        ),
         guidance=GuidanceConfig(num_steps=25),
         ema=EMAConfig(max_decay=0.999),
-        train=_base_train("toy", "runs/morphface-toy"),
+        train=replace(_base_train("toy", "runs/morphface-toy"), max_steps=TOY_MORPHFACE_STEPS),
     )
     return {"paper": paper, "toy": toy}
 
@@ -280,16 +288,19 @@ class StyleConditioner(ExtraConditioner):
     """The base's per-image extra-conditioning hook for MorphFace: a batch of style vectors
     -> renderings (no gradient; mirrored where the image was flipped) -> style tokens of the
     ``encoder`` (its only parameters; null tokens with its style-dropout probability in
-    training). The renderer is not a submodule (its 3DMM is saved on its own); it follows the
-    inputs' device."""
+    training). ``pixel_input``: also return the renderings as pixel-aligned maps
+    (``ExtraOutput.maps``; zeros where the style is dropped, the same draw as the tokens').
+    The renderer is not a submodule (its 3DMM is saved on its own); it follows the inputs'
+    device."""
 
-    def __init__(self, encoder: nn.Module, renderer, layout) -> None:
+    def __init__(self, encoder: nn.Module, renderer, layout, *, pixel_input: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.pixel_input = bool(pixel_input)
         self._render = (renderer, layout)
         self._device: torch.device | None = None
 
-    def forward(self, extra: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    def forward(self, extra: torch.Tensor, flipped: torch.Tensor):
         renderer, layout = self._render
         with torch.no_grad():
             if self._device != extra.device:
@@ -297,7 +308,14 @@ class StyleConditioner(ExtraConditioner):
                 self._device = extra.device
             maps = renderer.maps(layout.split(extra.float()))
             maps = torch.where(flipped.view(-1, 1, 1, 1), flip_maps(maps), maps)
-        return self.encoder(maps)
+        if not self.pixel_input:
+            return self.encoder(maps)
+        b, p = maps.shape[0], self.encoder.style_dropout_probability
+        keep = torch.ones(b, dtype=torch.bool, device=maps.device)
+        if self.training and p > 0:
+            keep = torch.rand(b, device=maps.device) >= p
+        tokens = self.encoder(maps, keep=keep)
+        return ExtraOutput(tokens, maps * keep.view(b, 1, 1, 1).to(maps.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,15 +349,22 @@ def _context_channels(cfg: MorphFaceConfig) -> int:
     return int(cfg.diffusers_unet.cross_attention_dim)
 
 
-def _as_synth(cfg: MorphFaceConfig):
-    """The base's config view of this recipe (for ``build_denoiser``)."""
-    from facelab.core.diffusion.train import SynthTrainConfig
+def _pixel_input(cfg: MorphFaceConfig) -> bool:
+    return bool(cfg.use_style and cfg.encoder.pixel_input)
 
+
+def _as_synth(cfg: MorphFaceConfig):
+    """The base's config view of this recipe (for ``build_denoiser``); the denoiser's
+    ``extra_input_channels`` follow ``encoder.pixel_input`` (the renderings' channels, else 0)."""
+    from facelab.core.diffusion.train import SynthTrainConfig
+    from facelab.morphface.render import MAP_CHANNELS
+
+    channels = MAP_CHANNELS if _pixel_input(cfg) else 0
     return SynthTrainConfig(
         data=cfg.data,
         denoiser=cfg.denoiser,
-        unet=cfg.unet,
-        diffusers_unet=cfg.diffusers_unet,
+        unet=replace(cfg.unet, extra_input_channels=channels),
+        diffusers_unet=replace(cfg.diffusers_unet, extra_input_channels=channels),
         autoencoder=cfg.autoencoder,
         num_train_timesteps=cfg.num_train_timesteps,
         beta_start=cfg.beta_start,
@@ -379,7 +404,9 @@ def train(cfg: MorphFaceConfig) -> MorphFaceTrainResult:
             perspective_distance=cfg.renderer.perspective_distance,
             supersample=cfg.renderer.supersample,
         )
-        conditioner = StyleConditioner(encoder, renderer, data.layout)
+        conditioner = StyleConditioner(
+            encoder, renderer, data.layout, pixel_input=_pixel_input(cfg)
+        )
     res = train_diffusion(synth, denoiser=denoiser, dataset=data, extra_conditioner=conditioner)
     final_e = res.extra_conditioner.encoder.eval() if res.extra_conditioner is not None else None
     if _is_main_process():
@@ -428,6 +455,7 @@ def _write_morphface_files(out: Path, model3dmm, cfg: MorphFaceConfig, encoder) 
         "version": 2,
         "use_style": encoder is not None,
         "encoder": dict(encoder.config) if encoder is not None else None,
+        "pixel_input": encoder is not None and _pixel_input(cfg),
         "renderer": asdict(cfg.renderer),
         "guidance": asdict(cfg.guidance),
     }

@@ -10,7 +10,8 @@
 * ``attention``: controllers that record / replace pre-softmax attention logits per layer;
 * ``sampling``: ``IdentitySampler`` (DDIM, per-sample context choice and guidance per step);
 * ``hooks``: ``ContextTransform``, the conditioning hook of the training step, and
-  ``ExtraConditioner``, per-image extra conditioning as extra context tokens;
+  ``ExtraConditioner``, per-image extra conditioning as extra context tokens (and, with
+  ``ExtraOutput``, pixel-aligned maps for a denoiser built with ``extra_input_channels``);
 * ``train``: the recipe on the core trainer (``SynthTrainConfig``, ``train_diffusion``,
   ``synth_presets``, ``save_generator`` / ``load_generator``);
 * ``identities``: random / recognizer-embedded / filtered "virtual" identities;
@@ -64,6 +65,8 @@ _EXPORTS: dict[str, str] = {
     "apply_transform": "hooks",
     "ExtraConditioner": "hooks",
     "apply_extra": "hooks",
+    "ExtraOutput": "hooks",
+    "input_channels": "hooks",
     "token_width": "hooks",
     "SynthTrainConfig": "train",
     "SynthDataConfig": "train",

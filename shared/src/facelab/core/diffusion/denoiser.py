@@ -5,7 +5,9 @@
 by one Linear to ``n_tokens`` tokens of ``cross_attention_dim`` channels (layer-normed), which the
 UNet's transformer blocks cross-attend to; a learnable empty token set stands for "no identity".
 Context dropout, the unconditional probability and the per-sample ``condition_flag`` behave as in
-the reference model. This layout is ours (the reference is the other denoiser).
+the reference model. ``extra_input_channels`` > 0 adds pixel-aligned maps (``extra_input``) as
+extra input channels of the UNet's first conv, their weights zero-initialized (missing maps =
+zeros). This layout is ours (the reference is the other denoiser).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from facelab.core.diffusion.attention import (
     attention_sites,
     set_attention_controller,
 )
+from facelab.core.diffusion.hooks import resize_extra_input
 from facelab.core.errors import RangeError, ShapeError
 
 
@@ -47,6 +50,7 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
         context_dropout_probability: float = 0.25,
         unconditioned_probability: float = 0.2,
         first_sample_unconditional: bool = True,
+        extra_input_channels: int = 0,
     ) -> None:
         super().__init__()
         widths = list(block_out_channels)
@@ -61,12 +65,17 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
         ):
             if not 0.0 <= float(p) < 1.0:
                 raise RangeError(f"{name}: expected a probability in [0, 1), got {p}")
+        if int(extra_input_channels) < 0:
+            raise RangeError(
+                f"extra_input_channels: expected an int >= 0, got {extra_input_channels}"
+            )
+        self.extra_input_channels = int(extra_input_channels)
         n = len(widths)
         down = list(down_block_types or ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1))
         up = list(up_block_types or ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"])
         self.unet = UNet2DConditionModel(
             sample_size=sample_size,
-            in_channels=in_channels,
+            in_channels=in_channels + self.extra_input_channels,
             out_channels=in_channels,
             block_out_channels=tuple(widths),
             layers_per_block=layers_per_block,
@@ -76,6 +85,10 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
             attention_head_dim=attention_head_dim,
             norm_num_groups=norm_num_groups,
         )
+        if self.extra_input_channels:
+            # the maps' input-conv weights start at zero: training starts from the plain model
+            with torch.no_grad():
+                self.unet.conv_in.weight[:, in_channels:].zero_()
         self.context_input_channels = int(context_input_channels)
         self.context_proj = nn.Linear(context_input_channels, n_tokens * cross_attention_dim)
         self.context_norm = nn.LayerNorm(cross_attention_dim)
@@ -121,6 +134,7 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
         context: torch.Tensor | None = None,
         condition_flag: torch.Tensor | None = None,
         extra_context: torch.Tensor | None = None,
+        extra_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b = x.shape[0]
         if t.shape != (b,) or t.is_floating_point():
@@ -144,6 +158,13 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
                     f"{tuple(extra_context.shape)}"
                 )
             tokens = torch.cat([tokens, extra_context.to(tokens.dtype)], dim=1)
+        if self.extra_input_channels:
+            maps = resize_extra_input(extra_input, x, self.extra_input_channels)
+            if maps is None:
+                maps = x.new_zeros(b, self.extra_input_channels, *x.shape[2:])
+            x = torch.cat([x, maps], dim=1)
+        elif extra_input is not None:
+            resize_extra_input(extra_input, x, 0)  # raises: no extra input channels
         return self.unet(x, t, encoder_hidden_states=tokens).sample
 
 

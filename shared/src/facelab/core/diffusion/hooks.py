@@ -10,7 +10,8 @@ At sampling the transform is not applied unless ``apply_at_sampling`` is True.
 
 :class:`ExtraConditioner` is the second hook: a per-image extra input (from the dataset) turned
 into extra context tokens next to the ID tokens, trained jointly with the denoiser (MorphFace's
-3DMM style tokens are one user).
+3DMM style tokens are one user). It may also return pixel-aligned maps (:class:`ExtraOutput`)
+that a denoiser built with ``extra_input_channels`` adds at its input (:func:`resize_extra_input`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -69,6 +71,18 @@ def apply_transform(
 # per-image extra conditioning
 
 
+@dataclass
+class ExtraOutput:
+    """What an extra conditioner gives the denoiser: ``tokens`` (B, N, C) appended to the ID
+    tokens in cross-attention, and optional pixel-aligned ``maps`` (B, C_in, H, W) added at the
+    denoiser's input (a denoiser built with ``extra_input_channels=C_in``; resized to the
+    latent size there). Where the condition is dropped in training the maps are zeros (what a
+    missing ``extra_input`` means at sampling)."""
+
+    tokens: torch.Tensor
+    maps: torch.Tensor | None = None
+
+
 class ExtraConditioner(nn.Module):
     """Base class of per-image extra-conditioning hooks: a per-image input -> extra context
     tokens appended to the ID tokens in every cross-attention layer (the denoisers'
@@ -82,7 +96,7 @@ class ExtraConditioner(nn.Module):
     rendered maps or landmarks, mirrors it; others ignore it).
 
     ``forward(extra, flipped)`` returns tokens (B, N, C) with C the denoiser's token width
-    (:func:`token_width`). The conditioner trains jointly with the denoiser (through the
+    (:func:`token_width`), or an :class:`ExtraOutput` with tokens and pixel-aligned maps. The conditioner trains jointly with the denoiser (through the
     denoising loss), is averaged by the same EMA, checkpointed with the trainer's state, and
     saved as ``generator/extra_conditioner.safetensors`` (:func:`~facelab.core.diffusion.train.
     load_extra_conditioner` loads it into a module of the same architecture). Dropping the
@@ -104,23 +118,63 @@ def token_width(denoiser: nn.Module) -> int | None:
     return None
 
 
+def input_channels(denoiser: nn.Module) -> int:
+    """The denoiser's ``extra_input_channels`` (0: it takes no pixel-aligned extra input)."""
+    config = getattr(denoiser, "config", None)
+    value = getattr(config, "extra_input_channels", 0) if config is not None else 0
+    return int(value or 0)
+
+
+def resize_extra_input(
+    maps: torch.Tensor | None, x: torch.Tensor, channels: int
+) -> torch.Tensor | None:
+    """Check a denoiser's pixel-aligned ``extra_input`` against its input ``x`` (B, C, H, W)
+    and its ``extra_input_channels``, and resize it to x's size (bilinear, antialiased)."""
+    from facelab.core.errors import ShapeError
+
+    if maps is None:
+        return None
+    b = x.shape[0]
+    if channels <= 0:
+        raise ShapeError(
+            "extra_input: this denoiser was built without extra_input_channels, so it takes no "
+            f"pixel-aligned extra input; got a tensor of shape {tuple(maps.shape)}"
+        )
+    if maps.dim() != 4 or maps.shape[0] != b or maps.shape[1] != channels:
+        raise ShapeError(
+            f"extra_input: expected maps of shape ({b}, {channels}, H, W), got {tuple(maps.shape)}"
+        )
+    if maps.shape[-2:] != x.shape[-2:]:
+        maps = F.interpolate(
+            maps.float(), size=tuple(x.shape[-2:]), mode="bilinear", antialias=True
+        )
+    return maps.to(x.dtype)
+
+
 def apply_extra(
     conditioner: nn.Module | None,
     extra,
     flipped: torch.Tensor,
     batch: int,
     width: int | None,
-) -> torch.Tensor | None:
-    """Run an extra conditioner and check its tokens: a (batch, N, width) tensor."""
+    channels: int | None = None,
+) -> ExtraOutput | None:
+    """Run an extra conditioner and check what it returns: tokens (batch, N, width), and maps
+    (batch, ``channels``, H, W) if any (``channels``: the denoiser's ``extra_input_channels``;
+    None skips that check). A bare tensor of tokens comes back as ``ExtraOutput(tokens)``."""
     from facelab.core.errors import FacelabTypeError, ShapeError
 
     if conditioner is None:
         return None
-    tokens = conditioner(extra, flipped)
-    if not isinstance(tokens, torch.Tensor):
+    out = conditioner(extra, flipped)
+    if isinstance(out, torch.Tensor):
+        out = ExtraOutput(out)
+    if not isinstance(out, ExtraOutput) or not isinstance(out.tokens, torch.Tensor):
         raise FacelabTypeError(
-            f"extra conditioner: expected a tensor of tokens (B, N, C), got {type(tokens).__name__}"
+            "extra conditioner: expected a tensor of tokens (B, N, C) or an ExtraOutput, got "
+            f"{type(out).__name__}"
         )
+    tokens = out.tokens
     want = f"({batch}, N, {width if width is not None else 'C'})"
     if (
         tokens.dim() != 3
@@ -132,4 +186,22 @@ def apply_extra(
             f"extra conditioner: expected tokens of shape {want} (batch, tokens, the denoiser's "
             f"token width), got {tuple(tokens.shape)}"
         )
-    return tokens
+    maps = out.maps
+    if maps is not None:
+        if channels is not None and channels <= 0:
+            raise ShapeError(
+                "extra conditioner: it returned pixel-aligned maps of shape "
+                f"{tuple(maps.shape)}, but the denoiser was built without extra_input_channels"
+            )
+        if (
+            not isinstance(maps, torch.Tensor)
+            or maps.dim() != 4
+            or maps.shape[0] != batch
+            or (channels is not None and maps.shape[1] != channels)
+        ):
+            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise ShapeError(
+                f"extra conditioner: expected maps of shape ({batch}, "
+                f"{channels if channels is not None else 'C'}, H, W), got {got}"
+            )
+    return out

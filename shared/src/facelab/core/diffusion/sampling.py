@@ -106,10 +106,13 @@ class ReferenceDDIMScheduler(DDIMScheduler):
 @dataclass
 class Branch:
     """One pass of the batched forward: ``condition_flag`` (B,) bool (False = the empty
-    context) and optional branch-specific ``extra_context`` tokens (B, N, C)."""
+    context), optional branch-specific ``extra_context`` tokens (B, N, C) and pixel-aligned
+    ``extra_input`` maps (B, C_in, H, W) for a denoiser built with ``extra_input_channels``
+    (a branch without maps gets zeros when another branch of the step has them)."""
 
     condition_flag: torch.Tensor
     extra_context: torch.Tensor | None = None
+    extra_input: torch.Tensor | None = None
 
 
 @dataclass
@@ -124,6 +127,7 @@ class StepState:
     context_flag: torch.Tensor
     guidance_scale: torch.Tensor  # (B,) on the CPU (decisions need no device sync)
     extra_context: torch.Tensor | None = None
+    extra_input: torch.Tensor | None = None
     branch_slices: dict[str, slice] = field(default_factory=dict)
     branch_eps: dict[str, torch.Tensor] = field(default_factory=dict)
     eps: torch.Tensor | None = None
@@ -166,7 +170,7 @@ class ClassifierFreeGuidance:
         out: dict[str, Branch] = {}
         if self.always_uncond or bool(self._weight(state).any()):
             out["uncond"] = Branch(torch.zeros(b, dtype=torch.bool, device=state.latents.device))
-        out["cond"] = Branch(state.context_flag, state.extra_context)
+        out["cond"] = Branch(state.context_flag, state.extra_context, state.extra_input)
         return out
 
     def combine(self, eps: Mapping[str, torch.Tensor], state: StepState) -> torch.Tensor:
@@ -338,6 +342,7 @@ class IdentitySampler:
         guidance_scale: float | torch.Tensor | None = None,
         context_flag: torch.Tensor | None = None,
         extra_context: torch.Tensor | None = None,
+        extra_input: torch.Tensor | None = None,
         callbacks: Sequence[Any] = (),
         controller: AttentionController | None = None,
         output: Literal["images", "latents"] = "images",
@@ -348,6 +353,8 @@ class IdentitySampler:
         ``noise`` (B, C, h, w) or ``seeds`` (one per sample) fix the initial noise (default:
         the global RNG). ``callbacks``: objects with ``on_step_begin(state)`` and/or
         ``on_step_end(state)``. ``controller``: attention controller installed for this call.
+        ``extra_context`` / ``extra_input``: the conditional branch's extra tokens /
+        pixel-aligned maps (the default guidance's unconditional branch gets no maps: zeros).
         Returns images in [-1, 1] (decoded, clamped) and the final latents.
         """
         device, dtype = self.device, self.dtype
@@ -396,6 +403,7 @@ class IdentitySampler:
             context_flag=flag,
             guidance_scale=scales,
             extra_context=None if extra_context is None else extra_context.to(device, dtype),
+            extra_input=None if extra_input is None else extra_input.to(device, dtype),
         )
         begins = [c.on_step_begin for c in callbacks if hasattr(c, "on_step_begin")]
         ends = [c.on_step_end for c in callbacks if hasattr(c, "on_step_end")]
@@ -447,12 +455,19 @@ class IdentitySampler:
             extra = torch.cat(extras)  # type: ignore[arg-type]
         else:
             extra = None
+        kwargs = {}
+        maps = [branches[k].extra_input for k in names]
+        given = [m for m in maps if m is not None]
+        if given:
+            kwargs["extra_input"] = torch.cat(
+                [m if m is not None else torch.zeros_like(given[0]) for m in maps]
+            )
         if controller is not None:
             controller.begin_forward(state)
         if ctx is None:
-            out = self.denoiser(xx, tt, None, None, extra)
+            out = self.denoiser(xx, tt, None, None, extra, **kwargs)
         else:
-            out = self.denoiser(xx, tt, ctx, flags, extra)
+            out = self.denoiser(xx, tt, ctx, flags, extra, **kwargs)
         return {k: out[state.branch_slices[k]] for k in names}
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from facelab.core.diffusion.hooks import apply_extra, apply_transform, token_width
+from facelab.core.diffusion.hooks import apply_extra, apply_transform, input_channels, token_width
 from facelab.core.errors import (
     FormatError,
     KeyMismatchError,
@@ -122,6 +122,9 @@ class ReferenceUNetConfig:
     unconditioned_probability: float = 0.2
     first_sample_unconditional: bool = True
     n_context_tokens: int | None = None
+    #: pixel-aligned extra input (ours; 0 = none): channels of the maps an extra conditioner
+    #: returns (``ExtraOutput.maps``), added at the input through a zero-initialized conv
+    extra_input_channels: int = 0
 
 
 @dataclass
@@ -139,6 +142,8 @@ class DiffusersUNetConfig:
     context_dropout_probability: float = 0.25
     unconditioned_probability: float = 0.2
     first_sample_unconditional: bool = True
+    #: pixel-aligned extra input channels (see ``ReferenceUNetConfig``)
+    extra_input_channels: int = 0
 
 
 @dataclass
@@ -520,6 +525,7 @@ def train_diffusion(
         frozen.append("recognizer")
     alphas = noise.alphas_cumprod
     width = token_width(model)
+    in_channels = input_channels(model)
     n_items = 2 if extra_conditioner is None else 4
 
     def loss_fn(batch, mods, ctx):
@@ -544,15 +550,21 @@ def train_diffusion(
             else:
                 c = payload.float()
         b = z.shape[0]
-        tokens = None
+        tokens = maps = None
         if extra_conditioner is not None:
-            tokens = apply_extra(mods["extra_conditioner"], batch[2], batch[3], b, width)
+            extra = apply_extra(
+                mods["extra_conditioner"], batch[2], batch[3], b, width, in_channels
+            )
+            tokens, maps = extra.tokens, extra.maps
         t = torch.randint(0, cfg.num_train_timesteps, (b,), device=z.device)
         eps = torch.randn_like(z)
         a = alphas.to(z.device)[t].view(b, 1, 1, 1)
         x_t = a.sqrt() * z + (1 - a).sqrt() * eps
         hook = apply_transform(mods.get("context_transform"), c, t)
-        pred = mods["denoiser"](x_t, t, hook.context, None, tokens)
+        if maps is None:
+            pred = mods["denoiser"](x_t, t, hook.context, None, tokens)
+        else:
+            pred = mods["denoiser"](x_t, t, hook.context, None, tokens, extra_input=maps)
         if cfg.snr_gamma:
             per_sample = (pred.float() - eps.float()).pow(2).flatten(1).mean(1)
             mse = (snr_weights(a.view(b).float(), cfg.snr_gamma) * per_sample).mean()

@@ -37,6 +37,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from facelab.core.diffusion.attention import AttentionController, AttentionSite, attend
+from facelab.core.diffusion.hooks import resize_extra_input
 from facelab.core.errors import (
     FormatError,
     KeyMismatchError,
@@ -260,7 +261,10 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
 
     Args follow the reference YAML. Ours: ``first_sample_unconditional`` (the reference always
     drops the context of sample 0 of a training batch; False turns that off) and
-    ``n_context_tokens`` (None = ``attention_head_channels`` tokens, the reference's rule).
+    ``n_context_tokens`` (None = ``attention_head_channels`` tokens, the reference's rule) and
+    ``extra_input_channels`` (> 0: ``forward(..., extra_input=maps)`` adds pixel-aligned maps
+    through a zero-initialized conv ``extra_input_proj`` after ``image_proj``; 0, the default,
+    is the reference's layout and key set).
     """
 
     _supports_gradient_checkpointing = False
@@ -285,6 +289,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         unconditioned_probability: float = 0.2,
         first_sample_unconditional: bool = True,
         n_context_tokens: int | None = None,
+        extra_input_channels: int = 0,
     ) -> None:
         super().__init__()
         if str(condition_type).lower() != "ca" or not is_context_conditional:
@@ -313,6 +318,17 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         n_tokens = int(n_context_tokens or attention_head_channels)
 
         self.image_proj = nn.Conv2d(input_channels, initial_channels, 3, padding=1)
+        if int(extra_input_channels) < 0:
+            raise RangeError(
+                f"extra_input_channels: expected an int >= 0, got {extra_input_channels}"
+            )
+        self.extra_input_channels = int(extra_input_channels)
+        if self.extra_input_channels:
+            # pixel-aligned extra input (ours, not in the reference): a zero-initialized conv of
+            # the maps summed with image_proj, so training starts from the plain denoiser
+            self.extra_input_proj = _zero(
+                nn.Conv2d(self.extra_input_channels, initial_channels, 3, padding=1)
+            )
         time_ch = initial_channels * 4
         self.time_emb = SinusoidalTimeEmbedding(time_ch)
         self.context_dropout: nn.Module = (
@@ -420,13 +436,15 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         context: torch.Tensor | None = None,
         condition_flag: torch.Tensor | None = None,
         extra_context: torch.Tensor | None = None,
+        extra_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted noise for latents ``x`` (B, C, H, W) at integer timesteps ``t`` (B,).
 
         ``context``: unit ID vectors (B, 512) or None (the empty context for every sample);
         ``condition_flag`` (B,) bool: False replaces a sample's context by the empty one;
         ``extra_context`` (B, N, context_channels): further tokens appended to every block's ID
-        tokens (e.g. style tokens).
+        tokens (e.g. style tokens); ``extra_input`` (B, ``extra_input_channels``, H', W'):
+        pixel-aligned maps resized to x's size and added after ``image_proj`` (None = zeros).
         """
         b = x.shape[0]
         _check_inputs(x, t, context, condition_flag, self.context_input_channels, self.config)
@@ -438,6 +456,14 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                 f"{tuple(extra_context.shape)}"
             )
         h = self.image_proj(x)
+        if self.extra_input_channels:
+            maps = resize_extra_input(extra_input, x, self.extra_input_channels)
+            if maps is None:  # zero maps: the conv's bias only
+                h = h + self.extra_input_proj.bias.view(1, -1, 1, 1).to(h.dtype)
+            else:
+                h = h + self.extra_input_proj(maps)
+        elif extra_input is not None:
+            resize_extra_input(extra_input, x, 0)  # raises: no extra input channels
         skips = [h]
         for m in self.down:
             h = m(h, temb, c, extra_context)
