@@ -185,6 +185,11 @@ def test_tokens_only_generator_has_no_input_path(tmp_path):
     out = s.sample(ctx, toy.style_params([0, 5]), seeds=[0, 1], output="latents").latents
     assert torch.isfinite(out).all()
     assert not morphface_presets()["paper"].encoder.pixel_input
+    # the input channels follow encoder.pixel_input; a conflicting setting is refused
+    cfg = tiny_cfg(tmp_path / "x", steps=1, pixel_input=False)
+    cfg.unet = replace(cfg.unet, extra_input_channels=9)
+    with pytest.raises(FacelabError, match="sets it from encoder.pixel_input"):
+        train(cfg)
 
 
 def test_id_only_baseline_trains_and_samples(tmp_path):

@@ -99,7 +99,7 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
 
     from facelab.core.diffusion.unet import ConditionalUNet
     from facelab.morphface.procedural import procedural_3dmm
-    from facelab.morphface.render import StyleRenderer
+    from facelab.morphface.render import MAP_CHANNELS, StyleRenderer
     from facelab.morphface.toy import StyledToyFaces
     from facelab.morphface.train import build_encoder, morphface_presets
 
@@ -107,7 +107,13 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
     from dataclasses import asdict
 
     torch.manual_seed(0)
-    unet = ConditionalUNet(**asdict(cfg.unet))
+    # the toy preset's styled denoiser takes the renderings pixel-aligned too; the ID-only
+    # generator is the plain one
+    maps_in = MAP_CHANNELS if cfg.encoder.pixel_input else 0
+    unets = {
+        True: ConditionalUNet(**asdict(cfg.unet) | {"extra_input_channels": maps_in}),
+        False: ConditionalUNet(**asdict(cfg.unet)),
+    }
     enc = build_encoder(cfg, cfg.unet.context_channels)
     renderer = StyleRenderer(procedural_3dmm(), cfg.encoder.map_size)
     b = 16
@@ -117,14 +123,23 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
     x = torch.randn(b, 3, 32, 32) if x is None else x.float()
     ctx = F.normalize(torch.randn(b, 512), dim=1)
     t = torch.randint(0, 1000, (b,))
-    opt = torch.optim.AdamW(list(unet.parameters()) + list(enc.parameters()), lr=1e-4)
+    opts = {
+        True: torch.optim.AdamW(list(unets[True].parameters()) + list(enc.parameters()), lr=1e-4),
+        False: torch.optim.AdamW(unets[False].parameters(), lr=1e-4),
+    }
 
     def step(style: bool):
-        tokens = enc(renderer.maps(params)) if style else None
-        loss = F.mse_loss(unet(x, t, ctx, None, tokens), x)
-        opt.zero_grad(set_to_none=True)
+        kwargs = {}
+        tokens = None
+        if style:
+            maps = renderer.maps(params)
+            tokens = enc(maps)
+            if maps_in:
+                kwargs["extra_input"] = maps
+        loss = F.mse_loss(unets[style](x, t, ctx, None, tokens, **kwargs), x)
+        opts[style].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opts[style].step()
 
     def render_encode():
         with torch.no_grad():
@@ -146,7 +161,8 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
             "ID only",
             1 / t_style,
             1 / t_id,
-            f"batch {b}, 32 px, CPU 1 thread; render+encode forward = {share:.0%} of the step",
+            f"batch {b}, 32 px, CPU 1 thread; render+encode forward = {share:.0%} of the step"
+            + ("; renderings also pixel-aligned at the input" if maps_in else ""),
         ),
     ]
 

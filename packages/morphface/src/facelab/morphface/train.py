@@ -75,6 +75,8 @@ class EncoderConfig:
     map_size: int = 64
     widths: tuple[int, ...] = (32, 64, 128, 256)
     style_dropout_probability: float = 0.1
+    #: also add the renderings pixel-aligned at the denoiser's input (ours; sets the
+    #: denoiser's extra_input_channels)
     pixel_input: bool = False
 
 
@@ -360,6 +362,15 @@ def _as_synth(cfg: MorphFaceConfig):
     from facelab.morphface.render import MAP_CHANNELS
 
     channels = MAP_CHANNELS if _pixel_input(cfg) else 0
+    for name, value in (
+        ("unet", cfg.unet.extra_input_channels),
+        ("diffusers_unet", cfg.diffusers_unet.extra_input_channels),
+    ):
+        if value not in (0, channels):
+            raise FormatError(
+                f"{name}.extra_input_channels: MorphFace sets it from encoder.pixel_input "
+                f"({channels} here); leave it at 0, got {value}"
+            )
     return SynthTrainConfig(
         data=cfg.data,
         denoiser=cfg.denoiser,
