@@ -188,7 +188,7 @@ def test_tokens_only_generator_has_no_input_path(tmp_path):
     # the input channels follow encoder.pixel_input; a conflicting setting is refused
     cfg = tiny_cfg(tmp_path / "x", steps=1, pixel_input=False)
     cfg.unet = replace(cfg.unet, extra_input_channels=9)
-    with pytest.raises(FacelabError, match="sets it from encoder.pixel_input"):
+    with pytest.raises(FacelabError, match=r"sets it from encoder\.pixel_input"):
         train(cfg)
 
 
