@@ -51,8 +51,24 @@ def test_morphface_toy_weights_and_dataset(tmp_path):
     styles = torch.tensor(styles)
     assert styles.shape == (6, prior.layout.dim) and torch.isfinite(styles).all()
     assert not torch.equal(styles[0], styles[1])
-    expected, _ = prior.sample(3, 2, seed=0)
-    torch.testing.assert_close(styles, expected.to_vector().float(), atol=1e-5, rtol=0)
+    # pose, expression, camera and light: the prior's draw; shape and albedo: the identity's own
+    # (its mean over its real training images, which the ID vector stands for)
+    from facelab.morphface.toy import StyledToyFaces
+
+    drawn, labels = prior.sample(3, 2, seed=0)
+    got = prior.layout.split(styles)
+    for name in ("pose", "expression", "camera", "light"):
+        torch.testing.assert_close(
+            getattr(got, name), getattr(drawn, name).float(), atol=1e-5, rtol=0
+        )
+    toy = StyledToyFaces(24, 40, size=32, seed=0, difficulty="easy")  # the toy preset's data
+    real = toy.style_params()
+    for name in ("shape", "albedo"):
+        for c in range(3):
+            own = getattr(real, name)[toy.labels == c].mean(0)
+            for row in torch.nonzero(labels == c).flatten():
+                torch.testing.assert_close(getattr(got, name)[row], own.float(), atol=1e-5, rtol=0)
+        assert not torch.allclose(getattr(got, name), getattr(drawn, name).float(), atol=1e-3)
     with pytest.raises(G.FormatError, match="knows 24 identities"):
         bench.write_toy_dataset(
             dest,

@@ -133,6 +133,25 @@ def test_generate_writes_styles_and_resumes(trained, tmp_path):
         progress=False,
     )
     assert r2.images_written == 0 and r2.identities_skipped == 2
+    # explicit styles (identity-major, C x K rows) instead of a prior; a wrong count is refused
+    given, _ = prior.sample(2, 2, seed=5)
+    r3 = s.generate(
+        ctx, tmp_path / "ds3", styles=given, images_per_identity=2, image_size=16, progress=False
+    )
+    assert r3.images_written == 4
+    doc = json.loads(sorted((tmp_path / "ds3").glob("*/meta.json"))[1].read_text())
+    torch.testing.assert_close(
+        torch.tensor(doc["images"][0]["style"]), given.to_vector()[2].float(), atol=1e-5, rtol=0
+    )
+    with pytest.raises(ShapeError, match=r"expected 4 rows \(identities x images per identity\)"):
+        s.generate(
+            ctx,
+            tmp_path / "ds4",
+            styles=given.index(torch.arange(3)),
+            images_per_identity=2,
+            image_size=16,
+            progress=False,
+        )
     with pytest.raises(FacelabError):
         s.generate(
             ctx, tmp_path / "ds2", prior=None, images_per_identity=2, image_size=16, progress=False

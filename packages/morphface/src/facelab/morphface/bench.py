@@ -20,6 +20,7 @@ prior's and the sampler's defaults).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from facelab.morphface.toy import (
+    REGRESSED,
     StyledToyFaces,
     ToyStyleConfig,
     style_agreement,
@@ -236,6 +238,138 @@ def condition_sensitivity(
     return out
 
 
+#: where each regressed attribute lives in the 3DMM style (field, column, scale from the
+#: regressor's units: degrees -> radians for the pose; toyfaces units = expression units)
+_ATTRIBUTE_FIELD = {
+    "yaw": ("pose", 0, math.pi / 180.0),
+    "pitch": ("pose", 1, math.pi / 180.0),
+    "smile": ("expression", 0, 1.0),
+    "mouth_open": ("expression", 1, 1.0),
+    "brow_raise": ("expression", 3, 1.0),
+}
+
+
+def _shifted(styles, attribute: str, amount: float):
+    """``styles`` with one attribute moved by ``amount`` (the regressor's units)."""
+    from dataclasses import replace as dc_replace
+
+    field_name, col, unit = _ATTRIBUTE_FIELD[attribute]
+    values = getattr(styles, field_name).clone()
+    values[:, col] = values[:, col] + amount * unit
+    return dc_replace(styles, **{field_name: values})
+
+
+def style_response(
+    generator: str,
+    *,
+    attributes: tuple[str, ...] = ("yaw", "pitch", "smile"),
+    identities: int = 24,
+    images_per_identity: int = 40,
+    toy_seed: int = 0,
+    context_seed: int = 0,
+    num_requests: int = 48,
+    regressor_steps: int = 400,
+    recognizer_steps: int = 300,
+    seed: int = 0,
+    num_steps: int | None = None,
+    style: ToyStyleConfig | None = None,
+) -> dict[str, Any]:
+    """Does one requested attribute move the generated image, all else fixed? A paired
+    measurement, free of the identities' habitual styles.
+
+    ``num_requests`` held-out real styled toyfaces images each give an identity (its ID vector),
+    a style (the image's own 3DMM parameters) and a noise seed. For each attribute, the style is
+    shifted by -d/2 and +d/2 (d = the attribute's standard deviation over the real images, in
+    the regressor's units: degrees for yaw / pitch, toyfaces units for expressions) and both are
+    sampled from the same noise; a regressor trained on the other real images reads every
+    attribute back. Per shifted attribute ``a``: ``gain`` = mean over requests of (read(+) -
+    read(-)) / d for ``a`` itself (1: the images follow the request exactly; the same network
+    without style gives identical images, so 0), ``positive`` = the share of requests whose read
+    value moved the requested way, and ``crosstalk`` = the largest mean |read difference| / d of
+    another attribute. ``identity`` (``recognizer_steps`` > 0): identification of the images of
+    the own style and of the same network and noise without style (``no_style``) by a toy
+    recognizer trained on the real images."""
+    from facelab.core.diffusion.identities import random_identities
+    from facelab.core.errors import UnknownNameError
+
+    unknown = [a for a in attributes if a not in _ATTRIBUTE_FIELD]
+    if unknown:
+        raise UnknownNameError(
+            f"attributes: expected names from {list(_ATTRIBUTE_FIELD)}, got {unknown}"
+        )
+    kwargs: dict[str, Any] = {"clip_sample": True}
+    if num_steps is not None:
+        kwargs["num_steps"] = num_steps
+    sampler, toy, style = _styled_generator(
+        generator, style, identities, images_per_identity, toy_seed, **kwargs
+    )
+    real = toy.materialize(torch.float32)
+    size = int(sampler.settings()["image_size"])
+    targets = toy.regression_targets()
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(toy), generator=g)
+    test, train_idx = perm[:num_requests], perm[num_requests:]
+    reg = train_style_regressor(
+        real[train_idx], targets[train_idx], steps=regressor_steps, seed=seed
+    )
+    ctx = random_identities(identities, 512, context_seed)[toy.labels[test]]
+    own = toy.style_params(test)
+    seeds = [seed * 100_003 + k for k in range(num_requests)]
+    spread = targets[train_idx].std(0)
+
+    @torch.no_grad()
+    def read(styles) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs = torch.cat(
+            [
+                sampler.sample(
+                    ctx[i : i + 32],
+                    None
+                    if styles is None
+                    else styles.index(torch.arange(i, min(i + 32, len(test)))),
+                    seeds=seeds[i : i + 32],
+                ).images
+                for i in range(0, num_requests, 32)
+            ]
+        )
+        if imgs.shape[-1] != real.shape[-1]:
+            imgs = F.interpolate(imgs, size=real.shape[-2:], mode="bilinear", antialias=True)
+        return imgs, reg(imgs)
+
+    out: dict[str, Any] = {}
+    for a in attributes:
+        k = REGRESSED.index(a)
+        d = float(spread[k])
+        _, lo = read(_shifted(own, a, -d / 2))
+        _, hi = read(_shifted(own, a, d / 2))
+        diff = (hi - lo) / spread
+        others = [j for j in range(len(REGRESSED)) if j != k]
+        out[a] = {
+            "delta": d,
+            "gain": float(diff[:, k].mean()),
+            "positive": float((diff[:, k] > 0).double().mean()),
+            "crosstalk": float(diff[:, others].mean(0).abs().max()),
+        }
+    if recognizer_steps > 0:
+        styled, _ = read(own)
+        plain, _ = read(None)
+        out["identity"] = _identity(
+            real[train_idx],
+            toy.labels[train_idx],
+            {"generated": styled, "no_style": plain},
+            toy.labels[test],
+            recognizer_steps,
+            seed,
+        )
+    out["settings"] = {
+        "requests": int(num_requests),
+        "seed": int(seed),
+        "image_size": size,
+        **{k: v for k, v in sampler.settings().items() if k in ("num_steps", "blend")},
+        "style": asdict(style),
+    }
+    return out
+
+
 SWAP_FIELDS = ("all", "pose-expression")
 
 
@@ -409,16 +543,12 @@ def _read_toy_info(weights: Path) -> dict[str, Any]:
     return info
 
 
-def toy_style_prior(weights: Path):
-    """The style prior of the toy generator's training set (refitted from ``toy_weights.json``:
-    the styled toyfaces' exact 3DMM parameters, the prior's default fit)."""
-    from facelab.morphface.prior import StylePrior
-    from facelab.morphface.toy import ToyStyleConfig
-
+def _toy_training_set(weights: Path) -> StyledToyFaces:
+    """The styled toyfaces a toy generator was trained on (from its ``toy_weights.json``)."""
     info = _read_toy_info(weights)
     c, st = info["contexts"], info["styles"]
     style = ToyStyleConfig(**{k: tuple(v) for k, v in st["toy"].items()})
-    toy = StyledToyFaces(
+    return StyledToyFaces(
         int(c["count"]),
         int(st["images_per_identity"]),
         size=32,
@@ -426,7 +556,39 @@ def toy_style_prior(weights: Path):
         difficulty=c["toy_difficulty"],
         style=style,
     )
+
+
+def toy_style_prior(weights: Path):
+    """The style prior of the toy generator's training set (refitted from ``toy_weights.json``:
+    the styled toyfaces' exact 3DMM parameters, the prior's default fit)."""
+    from facelab.morphface.prior import StylePrior
+
+    toy = _toy_training_set(weights)
     return StylePrior.fit(toy.style_params(), toy.labels)
+
+
+#: the 3DMM parameters that carry a subject's identity (not its style)
+IDENTITY_FIELDS = ("shape", "albedo")
+
+
+def toy_dataset_styles(weights: Path, identities: int, images_per_identity: int, seed: int):
+    """The styles of a toy dataset of the generator's first ``identities`` training identities:
+    each a new subject drawn from :func:`toy_style_prior` (``seed``), with the identity-bound
+    parameters (:data:`IDENTITY_FIELDS`: 3DMM shape and albedo) replaced by the identity's own
+    (its mean over its real training images), so the rendering does not describe another
+    person's face than the ID vector does."""
+    from dataclasses import replace as dc_replace
+
+    toy = _toy_training_set(weights)
+    prior = toy_style_prior(weights)
+    styles, labels = prior.sample(identities, images_per_identity, seed=seed)
+    real = toy.style_params()
+    own = {}
+    for name in IDENTITY_FIELDS:
+        values = getattr(real, name)
+        means = torch.stack([values[toy.labels == c].mean(0) for c in range(identities)])
+        own[name] = means[labels].to(getattr(styles, name).dtype)
+    return dc_replace(styles, **own)
 
 
 def write_toy_dataset(
@@ -439,11 +601,14 @@ def write_toy_dataset(
     image_size: int,
     num_steps: int,
     progress: bool = True,
+    own_identity_fields: bool = True,
 ) -> Path:
     """Identity folders + ``manifest.json`` (the base's ``generate_dataset`` through
     ``MorphFaceSampler.generate``) from the toy weights: the first ``identities`` ID vectors the
     generator was trained on, each a new subject whose ``images_per_identity`` styles come from
-    :func:`toy_style_prior` (``seed``), sampled with the generator's guidance defaults in float32
+    :func:`toy_style_prior` (``seed``) with its own shape and albedo (:func:`toy_dataset_styles`;
+    ``own_identity_fields=False``: the prior's draw as is), sampled with the generator's
+    guidance defaults in float32
     with each step's predicted x0 clipped to [-1, 1] (pixel space, as the base's toy
     generators); every image's style in its identity's ``meta.json``."""
     from facelab.core.diffusion.identities import random_identities
@@ -459,11 +624,16 @@ def write_toy_dataset(
     contexts = random_identities(int(c["count"]), int(c["dim"]), int(c["seed"]))[:identities]
     sampler = load_morphface(weights, num_steps=num_steps, clip_sample=True)
     sampler.to(dtype=torch.float32)
-    prior = toy_style_prior(weights) if sampler.encoder is not None else None
+    prior = styles = None
+    if sampler.encoder is not None and own_identity_fields:
+        styles = toy_dataset_styles(weights, identities, images_per_identity, seed)
+    elif sampler.encoder is not None:
+        prior = toy_style_prior(weights)
     sampler.generate(
         contexts,
         out_dir,
         prior=prior,
+        styles=styles,
         images_per_identity=images_per_identity,
         batch_size=64,
         seed=seed,
@@ -479,7 +649,9 @@ __all__ = [
     "generator_toy_style",
     "shipped_toy_weights",
     "style_control",
+    "style_response",
     "swap_donors",
+    "toy_dataset_styles",
     "toy_style_prior",
     "toy_train_config",
     "train_toy_generator",

@@ -180,10 +180,12 @@ class MorphFaceSampler:
         format: str = "folders",
         progress: bool = True,
         accelerator: Any = None,
+        styles: StyleParams | None = None,
     ):
         """Write ``len(contexts)`` identities x ``images_per_identity`` images (see the module
         docstring). ``prior``: a ``StylePrior`` (required when the generator has a style
-        encoder)."""
+        encoder), or ``styles``: the C x K images' styles given explicitly (identity-major, e.g.
+        a prior's draw with some parameters replaced)."""
         from facelab.core.diffusion.generate import generate_dataset, tensor_fingerprint
         from facelab.core.diffusion.sampling import image_seed
 
@@ -192,11 +194,19 @@ class MorphFaceSampler:
         lookup: dict[int, int] = {}
         flat_styles: StyleParams | None = None
         if self.encoder is not None:
-            if prior is None:
+            if styles is not None:
+                if len(styles) != c_count * images_per_identity:
+                    raise ShapeError(
+                        f"styles: expected {c_count * images_per_identity} rows (identities x "
+                        f"images per identity), got {len(styles)}"
+                    )
+                run_info["styles_sha256"] = tensor_fingerprint({"styles": styles.to_vector()})
+            elif prior is None:
                 raise ShapeError("generate: a generator with a style encoder needs a StylePrior")
-            styles, _ = prior.sample(c_count, images_per_identity, seed=seed)
+            else:
+                styles, _ = prior.sample(c_count, images_per_identity, seed=seed)
+                run_info["prior_sha256"] = tensor_fingerprint(prior.tensors())
             flat_styles = styles
-            run_info["prior_sha256"] = tensor_fingerprint(prior.tensors())
             for c in range(c_count):
                 for j in range(images_per_identity):
                     lookup[image_seed(seed, c, j)] = c * images_per_identity + j
