@@ -25,8 +25,18 @@ network (the README compares against the separately trained ID-only twin as well
 
 Expression (smile) is not asserted: its paired gain is about 0 on this generator (README).
 
-Calibration (one torch thread unless noted; the weights are fixed, so the measurement seed and
-the thread count are what another machine changes): CALIBRATION
+Calibration (the weights are fixed, so what another machine changes is the float rounding of
+sampling and of the regressor / recognizer training; measurement seeds 0-4 on one torch thread
+and seed 0 on two stand for it): yaw gain 0.19-0.39, positive 0.75-0.81; pitch gain
+0.34-0.51, positive 0.78-0.94; crosstalk 0.02-0.11; identification with the own style
+0.500-0.750, without style 0.438-0.719 (no-style minus styled: -0.22 to -0.03). Two threads on
+seed 0 gave the one-thread pose numbers to the digit (the recognizer: 0.750 / 0.719 against
+0.750 / 0.562). Asserted (seed 0): gain > 0.10 (yaw) / 0.15 (pitch), positive > 0.65 / 0.70,
+crosstalk < 0.25, identification > 0.25 (chance 0.042) and no more than IDENTITY_MARGIN = 0.10
+below the ID-only sampling. A generator that ignores the style gives gain 0 (identical images):
+the earlier 1,500-step tokens-only weights measure yaw / pitch gain 0.001 / 0.000 with
+positive 0.62 / 0.66 (noise signs) on seed 0, so the gain is what fails a generator without
+style control. About 55 CPU-s.
 """
 
 import pytest
@@ -36,7 +46,7 @@ from facelab.morphface.bench import TOY_WEIGHTS, style_response
 NUM_REQUESTS = 32
 DDIM_STEPS = 10
 MIN_GAIN = {"yaw": 0.10, "pitch": 0.15}
-MIN_POSITIVE = {"yaw": 0.60, "pitch": 0.65}
+MIN_POSITIVE = {"yaw": 0.65, "pitch": 0.70}
 MAX_CROSSTALK = 0.25
 MIN_IDENTIFICATION = 0.25
 IDENTITY_MARGIN = 0.10
