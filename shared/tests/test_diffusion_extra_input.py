@@ -1,9 +1,7 @@
 """Pixel-aligned extra input (``extra_input_channels``): both denoisers start as the plain
 model (zero-initialized), missing maps mean zeros, maps are resized to the latent size, the
-sampler carries them per guidance branch (zeros for a branch without them), the training loop
-trains the input path from an ``ExtraOutput``'s maps, and bad shapes are clear errors."""
-
-import dataclasses
+sampler carries them per guidance branch (zeros for a branch without them), and bad shapes are
+clear errors. (Training the input path from an ``ExtraOutput``'s maps: test_diffusion_train.)"""
 
 import pytest
 import torch
@@ -13,23 +11,13 @@ from torch import nn
 pytest.importorskip("diffusers")
 
 from facelab.core.diffusion import (
-    AutoencoderConfig,
     Branch,
     ConditionalUNet,
-    ExtraConditioner,
     IdentitySampler,
-    ReferenceUNetConfig,
-    SynthDataConfig,
-    SynthImages,
-    SynthTrainConfig,
     UNet2DConditionDenoiser,
-    apply_extra,
     random_identities,
-    train_diffusion,
 )
-from facelab.core.diffusion.hooks import ExtraOutput
 from facelab.core.errors import RangeError, ShapeError
-from facelab.core.train import TrainConfig
 
 TINY = {
     "initial_channels": 32,
@@ -212,97 +200,3 @@ def test_sampler_gives_each_branch_its_maps_and_zeros_to_the_rest():
     a = s.sample(ctx, seeds=[0, 1], guidance_scale=0.0, extra_input=maps).latents
     b = s.sample(ctx, seeds=[0, 1], guidance_scale=0.0, extra_input=maps + 1.0).latents
     assert (a - b).abs().max() > 1e-2
-
-
-class CodesAndMaps(ExtraConditioner):
-    """Per-image 3-d codes -> 2 tokens of width 32 and 2 constant maps of 16 x 16."""
-
-    def __init__(self, channels=2):
-        super().__init__()
-        self.proj = nn.Linear(3, 64)
-        self.channels = channels
-
-    def forward(self, extra, flipped):
-        b = extra.shape[0]
-        tokens = self.proj(extra.float()).view(b, 2, 32)
-        maps = extra[:, : self.channels, None, None].float().expand(b, self.channels, 16, 16)
-        return ExtraOutput(tokens, maps.contiguous())
-
-
-def _cfg(out, unet, steps=3):
-    return SynthTrainConfig(
-        data=SynthDataConfig(
-            source="toyfaces",
-            image_size=32,
-            contexts="identity",
-            toy_identities=4,
-            toy_images_per_identity=4,
-        ),
-        unet=unet,
-        autoencoder=AutoencoderConfig(kind="pixel"),
-        train=TrainConfig(
-            output_dir=str(out),
-            max_steps=steps,
-            batch_size=4,
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.0,
-            scheduler="constant",
-            warmup=0,
-            checkpoint_every=1000,
-            log_every=1,
-            progress=False,
-        ),
-    )
-
-
-def _data(cfg):
-    ds = SynthImages(cfg.data)
-    ds.set_extra(torch.randn(len(ds), 3, generator=torch.Generator().manual_seed(0)))
-    return ds
-
-
-def test_training_trains_the_input_path_from_the_conditioners_maps(tmp_path):
-    unet = ReferenceUNetConfig(
-        initial_channels=32,
-        channel_multipliers=(1, 2),
-        is_attention=(False, True),
-        n_blocks_per_resolution=1,
-        context_channels=32,
-        n_context_tokens=4,
-        extra_input_channels=2,
-    )
-    cfg = _cfg(tmp_path / "a", unet)
-    res = train_diffusion(cfg, dataset=_data(cfg), extra_conditioner=CodesAndMaps())
-    # zero at initialization, moved by the denoising loss's gradients (no weight decay)
-    assert res.denoiser.extra_input_proj.weight.abs().max() > 0
-    # a generator folder that rebuilds with the input path
-    from facelab.core.diffusion import load_generator
-
-    loaded = load_generator(tmp_path / "a")
-    assert loaded.denoiser.config.extra_input_channels == 2
-    torch.testing.assert_close(
-        loaded.denoiser.extra_input_proj.weight.float(),
-        res.denoiser.extra_input_proj.weight.float(),
-    )
-    # maps from a conditioner with a denoiser built without the input path: a clear error
-    plain = dataclasses.replace(unet, extra_input_channels=0)
-    cfg = _cfg(tmp_path / "b", plain, steps=1)
-    with pytest.raises(ShapeError, match="built without extra_input_channels"):
-        train_diffusion(cfg, dataset=_data(cfg), extra_conditioner=CodesAndMaps())
-    # and maps with the wrong number of channels
-    cfg = _cfg(tmp_path / "c", unet, steps=1)
-    with pytest.raises(ShapeError, match=r"expected maps of shape \(4, 2, H, W\), got \(4, 3"):
-        train_diffusion(cfg, dataset=_data(cfg), extra_conditioner=CodesAndMaps(channels=3))
-
-
-def test_apply_extra_checks_the_maps():
-    cond = CodesAndMaps()
-    codes, flips = torch.randn(4, 3), torch.zeros(4, dtype=torch.bool)
-    out = apply_extra(cond, codes, flips, 4, 32, 2)
-    assert isinstance(out, ExtraOutput) and out.maps.shape == (4, 2, 16, 16)
-    assert apply_extra(cond, codes, flips, 4, 32, None).maps is not None  # channels unchecked
-    with pytest.raises(ShapeError, match="built without extra_input_channels"):
-        apply_extra(cond, codes, flips, 4, 32, 0)
-    with pytest.raises(ShapeError, match=r"\(4, 5, H, W\)"):
-        apply_extra(cond, codes, flips, 4, 32, 5)

@@ -33,6 +33,7 @@ from facelab.core.diffusion import (
     train_diffusion,
 )
 from facelab.core.diffusion.autoencoder import VQ_F4_CONFIG, ldm_vq_to_diffusers
+from facelab.core.diffusion.hooks import ExtraOutput
 from facelab.core.errors import (
     FacelabError,
     FacelabTypeError,
@@ -539,3 +540,59 @@ def test_snr_gamma_weights_the_training_loss(tmp_path):
     assert differs
     with pytest.raises(FacelabError, match="snr_gamma"):
         train_diffusion(dataclasses.replace(_cfg(tmp_path / "d", steps=2), snr_gamma=-1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# pixel-aligned maps from the conditioner (ExtraOutput)
+
+
+class CodesAndMaps(ExtraConditioner):
+    """Per-image 3-d codes -> 2 tokens of width 32 and 2 constant maps of 16 x 16."""
+
+    def __init__(self, channels=2):
+        super().__init__()
+        self.proj = nn.Linear(3, 64)
+        self.channels = channels
+
+    def forward(self, extra, flipped):
+        b = extra.shape[0]
+        tokens = self.proj(extra.float()).view(b, 2, 32)
+        maps = extra[:, : self.channels, None, None].float().expand(b, self.channels, 16, 16)
+        return ExtraOutput(tokens, maps.contiguous())
+
+
+def test_training_trains_the_input_path_from_the_conditioners_maps(tmp_path):
+    unet = dataclasses.replace(TINY_UNET, extra_input_channels=2)
+    cfg = dataclasses.replace(_cfg(tmp_path / "a", steps=3), unet=unet)
+    res = train_diffusion(cfg, dataset=_extra_data(cfg)[0], extra_conditioner=CodesAndMaps())
+    # zero at initialization, moved by the denoising loss's gradients (no weight decay)
+    assert res.denoiser.extra_input_proj.weight.abs().max() > 0
+    # a generator folder that rebuilds with the input path
+    loaded = load_generator(tmp_path / "a")
+    assert loaded.denoiser.config.extra_input_channels == 2
+    torch.testing.assert_close(
+        loaded.denoiser.extra_input_proj.weight.float(),
+        res.denoiser.extra_input_proj.weight.float(),
+    )
+    # maps from a conditioner with a denoiser built without the input path: a clear error
+    cfg = _cfg(tmp_path / "b", steps=1)  # TINY_UNET: no extra input channels
+    with pytest.raises(ShapeError, match="built without extra_input_channels"):
+        train_diffusion(cfg, dataset=_extra_data(cfg)[0], extra_conditioner=CodesAndMaps())
+    # and maps with the wrong number of channels
+    cfg = dataclasses.replace(_cfg(tmp_path / "c", steps=1), unet=unet)
+    with pytest.raises(ShapeError, match=r"expected maps of shape \(4, 2, H, W\), got \(4, 3"):
+        train_diffusion(
+            cfg, dataset=_extra_data(cfg)[0], extra_conditioner=CodesAndMaps(channels=3)
+        )
+
+
+def test_apply_extra_checks_the_maps():
+    cond = CodesAndMaps()
+    codes, flips = torch.randn(4, 3), torch.zeros(4, dtype=torch.bool)
+    out = apply_extra(cond, codes, flips, 4, 32, 2)
+    assert isinstance(out, ExtraOutput) and out.maps.shape == (4, 2, 16, 16)
+    assert apply_extra(cond, codes, flips, 4, 32, None).maps is not None  # channels unchecked
+    with pytest.raises(ShapeError, match="built without extra_input_channels"):
+        apply_extra(cond, codes, flips, 4, 32, 0)
+    with pytest.raises(ShapeError, match=r"\(4, 5, H, W\)"):
+        apply_extra(cond, codes, flips, 4, 32, 5)
