@@ -96,7 +96,8 @@ class ExtraConditioner(nn.Module):
     rendered maps or landmarks, mirrors it; others ignore it).
 
     ``forward(extra, flipped)`` returns tokens (B, N, C) with C the denoiser's token width
-    (:func:`token_width`), or an :class:`ExtraOutput` with tokens and pixel-aligned maps. The conditioner trains jointly with the denoiser (through the
+    (:func:`token_width`), or an :class:`ExtraOutput` with tokens and pixel-aligned maps. The
+    conditioner trains jointly with the denoiser (through the
     denoising loss), is averaged by the same EMA, checkpointed with the trainer's state, and
     saved as ``generator/extra_conditioner.safetensors`` (:func:`~facelab.core.diffusion.train.
     load_extra_conditioner` loads it into a module of the same architecture). Dropping the
