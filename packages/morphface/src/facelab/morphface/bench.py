@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,79 @@ TOY_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy"
 def shipped_toy_weights() -> Path:
     """The folder of the toy generator this package ships (:data:`TOY_WEIGHTS`)."""
     return TOY_WEIGHTS
+
+
+@dataclass
+class _Requests:
+    """Held-out real styled toyfaces images as generation requests (shared by
+    :func:`style_control` and :func:`style_response`): the regressor trained on the other real
+    images, each request's ID vector and noise seed."""
+
+    sampler: Any
+    toy: StyledToyFaces
+    style: ToyStyleConfig
+    real: torch.Tensor
+    targets: torch.Tensor
+    test: torch.Tensor
+    train_idx: torch.Tensor
+    regressor: Any
+    contexts: torch.Tensor
+    seeds: list[int]
+
+    @torch.no_grad()
+    def sample(self, styles, batch: int = 32, **guidance: float) -> torch.Tensor:
+        """One image per request (``styles`` row i for request i; None: no style)."""
+        n, out = len(self.test), []
+        for i in range(0, n, batch):
+            part = None if styles is None else styles.index(torch.arange(i, min(i + batch, n)))
+            out.append(
+                self.sampler.sample(
+                    self.contexts[i : i + batch], part, seeds=self.seeds[i : i + batch], **guidance
+                ).images
+            )
+        return torch.cat(out)
+
+    def identity(self, sets: dict[str, torch.Tensor], steps: int, seed: int):
+        """:func:`_identity` of generated ``sets`` (one image per request)."""
+        tr = self.train_idx
+        return _identity(
+            self.real[tr], self.toy.labels[tr], sets, self.toy.labels[self.test], steps, seed
+        )
+
+
+def _requests(
+    generator: str,
+    *,
+    style: ToyStyleConfig | None,
+    identities: int,
+    images_per_identity: int,
+    toy_seed: int,
+    context_seed: int,
+    num_requests: int,
+    regressor_steps: int,
+    seed: int,
+    image_size: int | None = None,
+    **sampler_kwargs: Any,
+) -> _Requests:
+    """Load the generator, hold out ``num_requests`` real images (permutation from ``seed``),
+    train the style regressor on the others (``image_size``: resize the real images first)."""
+    from facelab.core.diffusion.identities import random_identities
+
+    sampler, toy, style = _styled_generator(
+        generator, style, identities, images_per_identity, toy_seed, **sampler_kwargs
+    )
+    real = toy.materialize(torch.float32)
+    if image_size is not None and real.shape[-1] != image_size:
+        real = F.interpolate(real, size=(image_size,) * 2, mode="bilinear", antialias=True)
+    targets = toy.regression_targets()
+    perm = torch.randperm(len(toy), generator=torch.Generator().manual_seed(seed))
+    test, train_idx = perm[:num_requests], perm[num_requests:]
+    reg = train_style_regressor(
+        real[train_idx], targets[train_idx], steps=regressor_steps, seed=seed
+    )
+    contexts = random_identities(identities, 512, context_seed)[toy.labels[test]]
+    seeds = [seed * 100_003 + k for k in range(num_requests)]
+    return _Requests(sampler, toy, style, real, targets, test, train_idx, reg, contexts, seeds)
 
 
 def style_control(
@@ -93,55 +166,40 @@ def style_control(
     against those images and the consistency gap (genuine minus impostor cosine among the
     generated images); and ``settings``. ``style_scale`` / ``blend`` override the generator's
     guidance defaults (``id_scale`` for the null-style images too)."""
-    from facelab.core.diffusion.identities import random_identities
-
     kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
     if num_steps is not None:
         kwargs["num_steps"] = num_steps
-    sampler, toy, style = _styled_generator(
-        generator, style, identities, images_per_identity, toy_seed, **kwargs
+    r = _requests(
+        generator,
+        style=style,
+        identities=identities,
+        images_per_identity=images_per_identity,
+        toy_seed=toy_seed,
+        context_seed=context_seed,
+        num_requests=num_requests,
+        regressor_steps=regressor_steps,
+        seed=seed,
+        image_size=image_size,
+        **kwargs,
     )
-    real = toy.materialize(torch.float32)
-    if real.shape[-1] != image_size:
-        real = F.interpolate(real, size=(image_size,) * 2, mode="bilinear", antialias=True)
-    targets = toy.regression_targets()
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(toy), generator=g)
-    test, train_idx = perm[:num_requests], perm[num_requests:]
+    sampler, toy, style, real, targets, test = r.sampler, r.toy, r.style, r.real, r.targets, r.test
+    reg = r.regressor
     donor = swap_donors(toy.labels[test]) if swap else torch.arange(num_requests)
-    reg = train_style_regressor(
-        real[train_idx], targets[train_idx], steps=regressor_steps, seed=seed
-    )
-    table = random_identities(identities, 512, context_seed)
-    ctx = table[toy.labels[test]]
     styles = _requested_styles(toy, test, donor, swap_fields)
     scale: dict[str, float] = {}
     if style_scale is not None:
         scale["style_scale"] = float(style_scale)
     if blend is not None:
         scale["blend"] = float(blend)
+    ids: dict[str, float] = {}
     if id_scale is not None:
-        scale["id_scale"] = float(id_scale)
-    seeds = [seed * 100_003 + k for k in range(num_requests)]
-    imgs, plain = [], []
-    for i in range(0, num_requests, 32):
-        sl = slice(i, i + 32)
-        part = styles.index(torch.arange(num_requests)[sl])
-        imgs.append(sampler.sample(ctx[sl], part, seeds=seeds[sl], **scale).images)
-        ids = {k: v for k, v in scale.items() if k == "id_scale"}
-        plain.append(sampler.sample(ctx[sl], None, seeds=seeds[sl], **ids).images)
-    imgs, plain = torch.cat(imgs), torch.cat(plain)
+        ids["id_scale"] = float(id_scale)
+    imgs = r.sample(styles, **scale, **ids)
+    plain = r.sample(None, **ids)
     req, own = targets[test[donor]], targets[test]
     identity: dict[str, dict[str, float]] = {}
     if recognizer_steps > 0:
-        identity = _identity(
-            real[train_idx],
-            toy.labels[train_idx],
-            {"generated": imgs, "no_style": plain},
-            toy.labels[test],
-            recognizer_steps,
-            seed,
-        )
+        identity = r.identity({"generated": imgs, "no_style": plain}, recognizer_steps, seed)
     return {
         "generated": style_agreement(reg, imgs, req),
         "no_style": style_agreement(reg, plain, req),
@@ -289,7 +347,6 @@ def style_response(
     another attribute. ``identity`` (``recognizer_steps`` > 0): identification of the images of
     the own style and of the same network and noise without style (``no_style``) by a toy
     recognizer trained on the real images."""
-    from facelab.core.diffusion.identities import random_identities
     from facelab.core.errors import UnknownNameError
 
     unknown = [a for a in attributes if a not in _ATTRIBUTE_FIELD]
@@ -300,40 +357,28 @@ def style_response(
     kwargs: dict[str, Any] = {"clip_sample": True}
     if num_steps is not None:
         kwargs["num_steps"] = num_steps
-    sampler, toy, style = _styled_generator(
-        generator, style, identities, images_per_identity, toy_seed, **kwargs
+    r = _requests(
+        generator,
+        style=style,
+        identities=identities,
+        images_per_identity=images_per_identity,
+        toy_seed=toy_seed,
+        context_seed=context_seed,
+        num_requests=num_requests,
+        regressor_steps=regressor_steps,
+        seed=seed,
+        **kwargs,
     )
-    real = toy.materialize(torch.float32)
-    size = int(sampler.settings()["image_size"])
-    targets = toy.regression_targets()
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(toy), generator=g)
-    test, train_idx = perm[:num_requests], perm[num_requests:]
-    reg = train_style_regressor(
-        real[train_idx], targets[train_idx], steps=regressor_steps, seed=seed
-    )
-    ctx = random_identities(identities, 512, context_seed)[toy.labels[test]]
-    own = toy.style_params(test)
-    seeds = [seed * 100_003 + k for k in range(num_requests)]
-    spread = targets[train_idx].std(0)
+    size = int(r.sampler.settings()["image_size"])
+    own = r.toy.style_params(r.test)
+    spread = r.targets[r.train_idx].std(0)
 
     @torch.no_grad()
     def read(styles) -> tuple[torch.Tensor, torch.Tensor]:
-        imgs = torch.cat(
-            [
-                sampler.sample(
-                    ctx[i : i + 32],
-                    None
-                    if styles is None
-                    else styles.index(torch.arange(i, min(i + 32, len(test)))),
-                    seeds=seeds[i : i + 32],
-                ).images
-                for i in range(0, num_requests, 32)
-            ]
-        )
-        if imgs.shape[-1] != real.shape[-1]:
-            imgs = F.interpolate(imgs, size=real.shape[-2:], mode="bilinear", antialias=True)
-        return imgs, reg(imgs)
+        imgs = r.sample(styles)
+        if imgs.shape[-1] != r.real.shape[-1]:
+            imgs = F.interpolate(imgs, size=r.real.shape[-2:], mode="bilinear", antialias=True)
+        return imgs, r.regressor(imgs)
 
     out: dict[str, Any] = {}
     for a in attributes:
@@ -352,20 +397,15 @@ def style_response(
     if recognizer_steps > 0:
         styled, _ = read(own)
         plain, _ = read(None)
-        out["identity"] = _identity(
-            real[train_idx],
-            toy.labels[train_idx],
-            {"generated": styled, "no_style": plain},
-            toy.labels[test],
-            recognizer_steps,
-            seed,
+        out["identity"] = r.identity(
+            {"generated": styled, "no_style": plain}, recognizer_steps, seed
         )
     out["settings"] = {
         "requests": int(num_requests),
         "seed": int(seed),
         "image_size": size,
-        **{k: v for k, v in sampler.settings().items() if k in ("num_steps", "blend")},
-        "style": asdict(style),
+        **{k: v for k, v in r.sampler.settings().items() if k in ("num_steps", "blend")},
+        "style": asdict(r.style),
     }
     return out
 
@@ -579,10 +619,12 @@ def toy_dataset_styles(weights: Path, identities: int, images_per_identity: int,
     person's face than the ID vector does."""
     from dataclasses import replace as dc_replace
 
+    from facelab.morphface.prior import StylePrior
+
     toy = _toy_training_set(weights)
-    prior = toy_style_prior(weights)
-    styles, labels = prior.sample(identities, images_per_identity, seed=seed)
     real = toy.style_params()
+    prior = StylePrior.fit(real, toy.labels)  # = toy_style_prior(weights)
+    styles, labels = prior.sample(identities, images_per_identity, seed=seed)
     own = {}
     for name in IDENTITY_FIELDS:
         values = getattr(real, name)

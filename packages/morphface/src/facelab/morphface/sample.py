@@ -110,13 +110,6 @@ class MorphFaceSampler:
         keep = torch.ones(batch, dtype=torch.bool, device=dev)
         return self.encoder(maps, keep=keep), null, (maps if self.pixel_input else None)
 
-    def style_tokens(
-        self, styles: StyleParams | None, batch: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(style tokens, null tokens), each (B, N, C), on the denoiser's device and dtype."""
-        tokens, null, _ = self.style_condition(styles, batch)
-        return tokens, null
-
     @torch.no_grad()
     def sample(
         self,

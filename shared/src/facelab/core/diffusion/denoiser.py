@@ -158,13 +158,11 @@ class UNet2DConditionDenoiser(ModelMixin, ConfigMixin):
                     f"{tuple(extra_context.shape)}"
                 )
             tokens = torch.cat([tokens, extra_context.to(tokens.dtype)], dim=1)
+        maps = resize_extra_input(extra_input, x, self.extra_input_channels)  # checks
         if self.extra_input_channels:
-            maps = resize_extra_input(extra_input, x, self.extra_input_channels)
             if maps is None:
                 maps = x.new_zeros(b, self.extra_input_channels, *x.shape[2:])
             x = torch.cat([x, maps], dim=1)
-        elif extra_input is not None:
-            resize_extra_input(extra_input, x, 0)  # raises: no extra input channels
         return self.unet(x, t, encoder_hidden_states=tokens).sample
 
 

@@ -456,14 +456,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                 f"{tuple(extra_context.shape)}"
             )
         h = self.image_proj(x)
-        if self.extra_input_channels:
-            maps = resize_extra_input(extra_input, x, self.extra_input_channels)
-            if maps is None:  # zero maps: the conv's bias only
-                h = h + self.extra_input_proj.bias.view(1, -1, 1, 1).to(h.dtype)
-            else:
-                h = h + self.extra_input_proj(maps)
-        elif extra_input is not None:
-            resize_extra_input(extra_input, x, 0)  # raises: no extra input channels
+        maps = resize_extra_input(extra_input, x, self.extra_input_channels)  # checks
+        if maps is not None:
+            h = h + self.extra_input_proj(maps)
+        elif self.extra_input_channels:  # zero maps: the conv's bias only
+            h = h + self.extra_input_proj.bias.view(1, -1, 1, 1).to(h.dtype)
         skips = [h]
         for m in self.down:
             h = m(h, temb, c, extra_context)
