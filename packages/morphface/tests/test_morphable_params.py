@@ -40,6 +40,15 @@ def test_vertices_and_albedo_are_the_linear_model():
     # the flat (3V, K) layout of BFM / FLAME files is accepted
     flat = dict(arrays, shape_basis=arrays["shape_basis"].reshape(15, 3))
     torch.testing.assert_close(MorphableModel(**flat).vertices(s, e), m.vertices(s, e))
+    # the expression's own displacement, and its per-mode scale from a per-vertex loop
+    np.testing.assert_allclose(
+        m.expression_offsets(e).numpy(),
+        m.vertices(s, e).numpy() - m.vertices(s, None).numpy(),
+        atol=1e-5,
+    )
+    basis = arrays["expression_basis"].numpy()
+    largest = [max(np.linalg.norm(basis[v, :, k]) for v in range(5)) for k in range(2)]
+    assert m.expression_scale == pytest.approx(float(np.mean(largest)), rel=1e-6)
 
 
 def test_save_load_roundtrip_safetensors_and_npz(tmp_path):

@@ -61,9 +61,10 @@ def trained(tmp_path_factory):
 def test_training_step_updates_encoder_and_saves(trained):
     out, res = trained
     assert res.train.step == 4
-    # the toy preset's pixel-aligned renderings: the denoiser's input path (zero at
-    # initialization) trained, and the generator folder rebuilds it
-    assert res.denoiser.config.extra_input_channels == 9
+    # the toy preset's pixel-aligned renderings (9 map channels + 3 expression-offset ones):
+    # the denoiser's input path (zero at initialization) trained, and the generator folder
+    # rebuilds it
+    assert res.denoiser.config.extra_input_channels == 12 == res.encoder.in_channels
     assert res.denoiser.extra_input_proj.weight.abs().max() > 0
     assert json.loads((out / "generator" / "morphface.json").read_text())["pixel_input"]
     assert torch.isfinite(torch.tensor(res.train.losses["loss"]))
@@ -77,6 +78,21 @@ def test_training_step_updates_encoder_and_saves(trained):
     for name in (*files, "morphface.json"):
         assert (out / "generator" / name).exists()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+
+
+def test_load_refuses_renderer_settings_the_encoder_was_not_trained_on(trained, tmp_path):
+    import shutil
+
+    from facelab.core.errors import FormatError
+
+    out, _ = trained
+    copy = shutil.copytree(out / "generator", tmp_path / "generator")
+    assert load_morphface(copy).renderer.channels == 12
+    doc = json.loads((copy / "morphface.json").read_text())
+    doc["renderer"]["expression_offsets"] = 0.0
+    (copy / "morphface.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"12 map channels.*9"):
+        load_morphface(copy)
 
 
 def test_sampling_is_seeded_and_responds_to_style(trained):
@@ -225,26 +241,89 @@ def test_id_only_baseline_trains_and_samples(tmp_path):
             measure(str(tmp_path), identities=3, images_per_identity=4)
 
 
-def test_flip_maps_mirrors_the_pose(head):
+@pytest.mark.parametrize("offsets", [0.0, 4.0])
+def test_flip_maps_mirrors_the_pose(head, offsets):
     from facelab.morphface.params import StyleParams
 
     def params(yaw, roll, tx):
+        # a symmetric expression (smile, mouth opening): its mirror image is itself
         return StyleParams(
             shape=torch.zeros(1, head.num_shape),
-            expression=torch.zeros(1, head.num_expression),
+            expression=torch.tensor([[0.8, 0.6, 0.0, 0.0]]),
             pose=torch.tensor([[yaw, 0.1, roll]]),
             camera=torch.tensor([[0.9, tx, 0.0]]),
             light=torch.zeros(1, 27),
             albedo=torch.zeros(1, head.num_albedo),
         )
 
-    r = StyleRenderer(head, 32)
+    r = StyleRenderer(head, 32, expression_offsets=offsets)
     a = flip_maps(r.maps(params(0.4, 0.2, 0.1)))
     b = r.maps(params(-0.4, -0.2, -0.1))
     c = r.maps(params(0.4, 0.2, 0.1))
+    assert a.shape[1] == (12 if offsets else 9)
     # the mirrored rendering matches the mirrored pose up to edge pixels (the mesh's diagonals
-    # are not mirror-symmetric); the unflipped one does not
-    assert (a - b).abs().mean() < 0.25 * (c - b).abs().mean()
+    # are not mirror-symmetric); the unflipped one does not. Channel by channel: the normals'
+    # and the offsets' x components change sign
+    for ch in range(a.shape[1]):
+        assert (a - b)[:, ch].abs().mean() < 0.25 * (c - b)[:, ch].abs().mean(), ch
+
+
+def test_expression_offset_channels_are_the_rotated_displacement(head):
+    """A 3DMM whose two expression modes translate every vertex by (1, 0, 0) and (0, 0.5, 0)
+    per unit: the offset channels are gain / scale * R(pose) (e0, 0.5 e1, 0) on the head and 0
+    off it (scale = the mean of the modes' largest displacements, 0.75); the other nine
+    channels are the plain renderer's."""
+    from facelab.core.errors import RangeError
+    from facelab.morphface.geometry import euler_to_matrix
+    from facelab.morphface.morphable import MorphableModel
+    from facelab.morphface.params import StyleParams
+
+    nv = head.num_vertices
+    basis = torch.zeros(nv, 3, 2)
+    basis[:, 0, 0], basis[:, 1, 1] = 1.0, 0.5
+    model = MorphableModel(
+        mean_shape=head.mean_shape,
+        shape_basis=head.shape_basis,
+        expression_basis=basis,
+        faces=head.faces,
+        albedo_mean=head.albedo_mean,
+        albedo_basis=head.albedo_basis,
+    )
+    assert model.expression_scale == pytest.approx(0.75)
+    expr = torch.tensor([[0.3, -0.2], [0.0, 0.0]])
+    pose = torch.tensor([[0.5, -0.2, 0.3], [0.1, 0.0, 0.0]])
+    params = StyleParams(
+        shape=torch.zeros(2, head.num_shape),
+        expression=expr,
+        pose=pose,
+        camera=torch.tensor([[0.9, 0.0, 0.0]] * 2),
+        light=torch.zeros(2, 27),
+        albedo=torch.zeros(2, head.num_albedo),
+    )
+    gain = 3.0
+    r = StyleRenderer(model, 24, expression_offsets=gain)
+    assert r.channels == 12
+    rendering = r.render(params)
+    maps = r.maps(params)
+    want = (
+        gain
+        / 0.75
+        * (
+            euler_to_matrix(pose)
+            @ torch.stack([expr[:, 0], 0.5 * expr[:, 1], 0 * expr[:, 0]], 1)[..., None]
+        )[..., 0]
+    )
+    inside = rendering.mask[:, 0] > 0
+    assert inside[0].sum() > 50
+    for i in range(2):
+        got = maps[i, 9:12][:, inside[i]]
+        torch.testing.assert_close(got, want[i, :, None].expand_as(got), atol=1e-4, rtol=1e-4)
+        assert maps[i, 9:12][:, ~inside[i]].abs().max() == 0
+    plain = StyleRenderer(model, 24).maps(params)
+    assert plain.shape[1] == 9
+    torch.testing.assert_close(maps[:, :9], plain)
+    with pytest.raises(RangeError, match="expression_offsets"):
+        StyleRenderer(model, 24, expression_offsets=-1.0)
 
 
 def test_cli_end_to_end_and_bad_input(trained, tmp_path, capsys):

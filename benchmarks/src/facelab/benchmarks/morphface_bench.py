@@ -99,7 +99,7 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
 
     from facelab.core.diffusion.unet import ConditionalUNet
     from facelab.morphface.procedural import procedural_3dmm
-    from facelab.morphface.render import MAP_CHANNELS, StyleRenderer
+    from facelab.morphface.render import StyleRenderer
     from facelab.morphface.toy import StyledToyFaces
     from facelab.morphface.train import build_encoder, morphface_presets
 
@@ -109,13 +109,15 @@ def style_step_rows(small: bool) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     # the toy preset's styled denoiser takes the renderings pixel-aligned too; the ID-only
     # generator is the plain one
-    maps_in = MAP_CHANNELS if cfg.encoder.pixel_input else 0
+    renderer = StyleRenderer(
+        procedural_3dmm(), cfg.encoder.map_size, expression_offsets=cfg.renderer.expression_offsets
+    )
+    maps_in = renderer.channels if cfg.encoder.pixel_input else 0
     unets = {
         True: ConditionalUNet(**asdict(cfg.unet) | {"extra_input_channels": maps_in}),
         False: ConditionalUNet(**asdict(cfg.unet)),
     }
     enc = build_encoder(cfg, cfg.unet.context_channels)
-    renderer = StyleRenderer(procedural_3dmm(), cfg.encoder.map_size)
     b = 16
     toy = StyledToyFaces(8, 2, size=32, seed=0, difficulty="easy")
     params = toy.style_params()

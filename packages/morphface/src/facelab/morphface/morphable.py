@@ -158,8 +158,24 @@ class MorphableModel:
         e = self._coeffs(expression, self.num_expression, b, "expression")
         nv = self.num_vertices
         v = self.mean_shape.view(1, -1) + s @ self.shape_basis.reshape(nv * 3, -1).T
-        v = v + e @ self.expression_basis.reshape(nv * 3, -1).T
-        return v.view(b, nv, 3)
+        return v.view(b, nv, 3) + self.expression_offsets(e)
+
+    def expression_offsets(self, expression: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3) the displacement the expression coefficients (B, Ke) add to the mesh
+        (``vertices(shape, expression) - vertices(shape, 0)`` for any shape)."""
+        e = self._coeffs(expression, self.num_expression, expression.shape[0], "expression")
+        nv = self.num_vertices
+        return (e @ self.expression_basis.reshape(nv * 3, -1).T).view(-1, nv, 3)
+
+    @property
+    def expression_scale(self) -> float:
+        """The mean over expression modes of the largest vertex displacement one unit of the
+        mode causes (model units; 1.0 for a model without expression modes)."""
+        if self.num_expression == 0:
+            return 1.0
+        per_mode = self.expression_basis.norm(dim=1).amax(0)  # (Ke,)
+        scale = float(per_mode.mean())
+        return scale if scale > 0 else 1.0
 
     def albedo(self, coeffs: torch.Tensor | None = None, batch: int = 1) -> torch.Tensor:
         """(B, V, 3) per-vertex albedo, clamped to [0, 1]."""

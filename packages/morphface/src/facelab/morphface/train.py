@@ -82,10 +82,14 @@ class EncoderConfig:
 
 @dataclass
 class RendererConfig:
-    """``perspective_distance`` None = DECA's weak perspective; ``supersample`` anti-aliasing."""
+    """``perspective_distance`` None = DECA's weak perspective; ``supersample`` anti-aliasing;
+    ``expression_offsets`` (ours, not the paper's): 0 = off, else the gain of three more map
+    channels with the displacement the expression adds to the surface (``StyleRenderer``; the
+    renderings alone barely show a within-subject expression change at 32 px)."""
 
     perspective_distance: float | None = None
     supersample: int = 1
+    expression_offsets: float = 0.0
 
 
 @dataclass
@@ -146,6 +150,8 @@ TOY_MORPHFACE_UNET = TOY_UNET | {
     "first_sample_unconditional": False,
     "unconditioned_probability": 0.5,
 }
+#: the toy preset's expression-offset channels' gain (``RendererConfig.expression_offsets``)
+TOY_OFFSET_GAIN = 4.0
 #: training steps of the toy preset: four times the base toy's 1,500 (style control needs them)
 TOY_MORPHFACE_STEPS = 6000
 
@@ -173,6 +179,7 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
         encoder=EncoderConfig(
             map_size=32, widths=(32, 64, 64), style_dropout_probability=0.15, pixel_input=True
         ),
+        renderer=RendererConfig(expression_offsets=TOY_OFFSET_GAIN),
         guidance=GuidanceConfig(num_steps=25),
         ema=EMAConfig(max_decay=0.999),
         train=replace(_base_train("toy", "runs/morphface-toy"), max_steps=TOY_MORPHFACE_STEPS),
@@ -280,9 +287,14 @@ def _resize_u8(u8: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def flip_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Mirror style maps left-right: flip the image and negate the normals' x component."""
+    """Mirror style maps left-right: flip the image and negate the x components of the normals
+    and (12-channel maps) of the expression offsets."""
+    from facelab.morphface.render import MAP_CHANNELS
+
     out = maps.flip(-1).clone()
     out[:, 0] = -out[:, 0]
+    if out.shape[1] > MAP_CHANNELS:
+        out[:, MAP_CHANNELS] = -out[:, MAP_CHANNELS]
     return out
 
 
@@ -333,11 +345,18 @@ class MorphFaceTrainResult:
     wall_time: float
 
 
+def _map_channels(cfg: MorphFaceConfig) -> int:
+    from facelab.morphface.render import MAP_CHANNELS, OFFSET_CHANNELS
+
+    return MAP_CHANNELS + (OFFSET_CHANNELS if cfg.renderer.expression_offsets > 0 else 0)
+
+
 def build_encoder(cfg: MorphFaceConfig, context_channels: int):
     from facelab.morphface.encoder import StyleEncoder
 
     e = cfg.encoder
     return StyleEncoder(
+        in_channels=_map_channels(cfg),
         map_size=e.map_size,
         widths=tuple(e.widths),
         context_channels=context_channels,
@@ -359,9 +378,8 @@ def _as_synth(cfg: MorphFaceConfig):
     """The base's config view of this recipe (for ``build_denoiser``); the denoiser's
     ``extra_input_channels`` follow ``encoder.pixel_input`` (the renderings' channels, else 0)."""
     from facelab.core.diffusion.train import SynthTrainConfig
-    from facelab.morphface.render import MAP_CHANNELS
 
-    channels = MAP_CHANNELS if _pixel_input(cfg) else 0
+    channels = _map_channels(cfg) if _pixel_input(cfg) else 0
     for name, value in (
         ("unet", cfg.unet.extra_input_channels),
         ("diffusers_unet", cfg.diffusers_unet.extra_input_channels),
@@ -414,6 +432,7 @@ def train(cfg: MorphFaceConfig) -> MorphFaceTrainResult:
             cfg.encoder.map_size,
             perspective_distance=cfg.renderer.perspective_distance,
             supersample=cfg.renderer.supersample,
+            expression_offsets=cfg.renderer.expression_offsets,
         )
         conditioner = StyleConditioner(
             encoder, renderer, data.layout, pixel_input=_pixel_input(cfg)
@@ -514,7 +533,13 @@ def load_morphface(directory: str | os.PathLike, **kwargs: Any):
             encoder.map_size,
             perspective_distance=rcfg.get("perspective_distance"),
             supersample=int(rcfg.get("supersample", 1)),
+            expression_offsets=float(rcfg.get("expression_offsets", 0.0)),
         )
+        if renderer.channels != encoder.in_channels:
+            raise FormatError(
+                f"{path}: the style encoder takes {encoder.in_channels} map channels, the "
+                f"renderer settings give {renderer.channels} (renderer.expression_offsets)"
+            )
     g = doc.get("guidance", {})
     settings = {
         "image_size": base.image_size,
