@@ -13,6 +13,7 @@ from facelab.morphface.toy import StyledToyFaces
 from facelab.morphface.train import (
     TOY_MORPHFACE_UNET,
     EncoderConfig,
+    RendererConfig,
     flip_maps,
     load_morphface,
     morphface_presets,
@@ -38,6 +39,7 @@ def tiny_cfg(out, use_style=True, steps=4, pixel_input=True):
     cfg.encoder = EncoderConfig(
         map_size=16, widths=(8, 16), style_dropout_probability=0.2, pixel_input=pixel_input
     )
+    cfg.renderer = RendererConfig(expression_offsets=4.0)  # the 12-channel maps
     cfg.guidance = replace(cfg.guidance, num_steps=3)
     cfg.train = replace(
         cfg.train,
@@ -61,9 +63,8 @@ def trained(tmp_path_factory):
 def test_training_step_updates_encoder_and_saves(trained):
     out, res = trained
     assert res.train.step == 4
-    # the toy preset's pixel-aligned renderings (9 map channels + 3 expression-offset ones):
-    # the denoiser's input path (zero at initialization) trained, and the generator folder
-    # rebuilds it
+    # pixel-aligned renderings (9 map channels + 3 expression-offset ones): the denoiser's
+    # input path (zero at initialization) trained, and the generator folder rebuilds it
     assert res.denoiser.config.extra_input_channels == 12 == res.encoder.in_channels
     assert res.denoiser.extra_input_proj.weight.abs().max() > 0
     assert json.loads((out / "generator" / "morphface.json").read_text())["pixel_input"]

@@ -150,8 +150,6 @@ TOY_MORPHFACE_UNET = TOY_UNET | {
     "first_sample_unconditional": False,
     "unconditioned_probability": 0.5,
 }
-#: the toy preset's expression-offset channels' gain (``RendererConfig.expression_offsets``)
-TOY_OFFSET_GAIN = 4.0
 #: training steps of the toy preset: four times the base toy's 1,500 (style control needs them)
 TOY_MORPHFACE_STEPS = 6000
 
@@ -179,7 +177,6 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
         encoder=EncoderConfig(
             map_size=32, widths=(32, 64, 64), style_dropout_probability=0.15, pixel_input=True
         ),
-        renderer=RendererConfig(expression_offsets=TOY_OFFSET_GAIN),
         guidance=GuidanceConfig(num_steps=25),
         ema=EMAConfig(max_decay=0.999),
         train=replace(_base_train("toy", "runs/morphface-toy"), max_steps=TOY_MORPHFACE_STEPS),
