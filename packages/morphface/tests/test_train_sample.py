@@ -325,6 +325,8 @@ def test_expression_offset_channels_are_the_rotated_displacement(head):
     torch.testing.assert_close(maps[:, :9], plain)
     with pytest.raises(RangeError, match="expression_offsets"):
         StyleRenderer(model, 24, expression_offsets=-1.0)
+    with pytest.raises(RangeError, match="expression_offsets"):
+        StyleRenderer(model, 24, expression_offsets=float("nan"))
 
 
 def test_cli_end_to_end_and_bad_input(trained, tmp_path, capsys):
