@@ -51,6 +51,11 @@ MAP_CHANNELS = 9
 OFFSET_CHANNELS = 3
 
 
+def map_channels(expression_offsets: float) -> int:
+    """Channels of the style maps: 9, or 12 with expression offsets (gain > 0)."""
+    return MAP_CHANNELS + (OFFSET_CHANNELS if expression_offsets > 0 else 0)
+
+
 @dataclass
 class Rendering:
     normals: torch.Tensor  # (B, 3, H, W)
@@ -90,7 +95,7 @@ class StyleRenderer:
     @property
     def channels(self) -> int:
         """Channels of :meth:`maps`: 9, or 12 with the expression offsets."""
-        return MAP_CHANNELS + (OFFSET_CHANNELS if self.expression_offsets > 0 else 0)
+        return map_channels(self.expression_offsets)
 
     def to(self, device) -> StyleRenderer:
         self.model = self.model.to(device)
@@ -152,4 +157,4 @@ class StyleRenderer:
         return torch.cat(maps, 1)
 
 
-__all__ = ["MAP_CHANNELS", "OFFSET_CHANNELS", "Rendering", "StyleRenderer"]
+__all__ = ["MAP_CHANNELS", "OFFSET_CHANNELS", "Rendering", "StyleRenderer", "map_channels"]

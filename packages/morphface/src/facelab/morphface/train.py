@@ -343,9 +343,9 @@ class MorphFaceTrainResult:
 
 
 def _map_channels(cfg: MorphFaceConfig) -> int:
-    from facelab.morphface.render import MAP_CHANNELS, OFFSET_CHANNELS
+    from facelab.morphface.render import map_channels
 
-    return MAP_CHANNELS + (OFFSET_CHANNELS if cfg.renderer.expression_offsets > 0 else 0)
+    return map_channels(cfg.renderer.expression_offsets)
 
 
 def build_encoder(cfg: MorphFaceConfig, context_channels: int):
