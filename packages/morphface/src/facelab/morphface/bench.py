@@ -96,13 +96,18 @@ def _requests(
     num_requests: int,
     regressor_steps: int,
     seed: int,
+    num_steps: int | None,
+    clip_sample: bool = True,
     image_size: int | None = None,
-    **sampler_kwargs: Any,
 ) -> _Requests:
-    """Load the generator, hold out ``num_requests`` real images (permutation from ``seed``),
-    train the style regressor on the others (``image_size``: resize the real images first)."""
+    """Load the generator (``num_steps``: None = its default; ``clip_sample``: x0 clipping),
+    hold out ``num_requests`` real images (permutation from ``seed``), train the style
+    regressor on the others (``image_size``: resize the real images first)."""
     from facelab.core.diffusion.identities import random_identities
 
+    sampler_kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
+    if num_steps is not None:
+        sampler_kwargs["num_steps"] = num_steps
     sampler, toy, style = _styled_generator(
         generator, style, identities, images_per_identity, toy_seed, **sampler_kwargs
     )
@@ -166,9 +171,6 @@ def style_control(
     against those images and the consistency gap (genuine minus impostor cosine among the
     generated images); and ``settings``. ``style_scale`` / ``blend`` override the generator's
     guidance defaults (``id_scale`` for the null-style images too)."""
-    kwargs: dict[str, Any] = {"clip_sample": bool(clip_sample)}
-    if num_steps is not None:
-        kwargs["num_steps"] = num_steps
     r = _requests(
         generator,
         style=style,
@@ -179,8 +181,9 @@ def style_control(
         num_requests=num_requests,
         regressor_steps=regressor_steps,
         seed=seed,
+        num_steps=num_steps,
+        clip_sample=clip_sample,
         image_size=image_size,
-        **kwargs,
     )
     sampler, toy, style, real, targets, test = r.sampler, r.toy, r.style, r.real, r.targets, r.test
     reg = r.regressor
@@ -354,9 +357,6 @@ def style_response(
         raise UnknownNameError(
             f"attributes: expected names from {list(_ATTRIBUTE_FIELD)}, got {unknown}"
         )
-    kwargs: dict[str, Any] = {"clip_sample": True}
-    if num_steps is not None:
-        kwargs["num_steps"] = num_steps
     r = _requests(
         generator,
         style=style,
@@ -367,7 +367,7 @@ def style_response(
         num_requests=num_requests,
         regressor_steps=regressor_steps,
         seed=seed,
-        **kwargs,
+        num_steps=num_steps,
     )
     size = int(r.sampler.settings()["image_size"])
     own = r.toy.style_params(r.test)

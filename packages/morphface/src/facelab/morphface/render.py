@@ -91,6 +91,10 @@ class StyleRenderer:
                 f"expression_offsets: expected a gain >= 0 (0 = off), got {expression_offsets}"
             )
         self.expression_offsets = float(expression_offsets)
+        # the offsets' factor, computed once (not in every training step's render)
+        self._offset_factor = (
+            self.expression_offsets / model.expression_scale if self.expression_offsets else 0.0
+        )
 
     @property
     def channels(self) -> int:
@@ -132,7 +136,7 @@ class StyleRenderer:
         if self.expression_offsets > 0:
             rot = euler_to_matrix(params.pose)
             offsets = m.expression_offsets(params.expression) @ rot.transpose(1, 2)
-            attrs.append(offsets * (self.expression_offsets / m.expression_scale))
+            attrs.append(offsets * self._offset_factor)
         pix = interpolate(frags, torch.cat(attrs, -1), m.faces)  # (B, H, W, 6 or 9)
         mask = frags.mask.unsqueeze(-1).float()
         n = F.normalize(pix[..., :3], dim=-1, eps=1e-12) * mask
