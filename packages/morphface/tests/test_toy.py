@@ -5,7 +5,7 @@ import torch
 from facelab.core.data import ToyFaces
 from facelab.morphface.prior import StylePrior, subject_statistics
 from facelab.morphface.render import StyleRenderer
-from facelab.morphface.toy import StyledToyFaces, toy_style_params
+from facelab.morphface.toy import EXPRESSIVE_STYLE, StyledToyFaces, toy_style_params
 
 
 def test_styles_are_subject_specific_unlike_plain_toyfaces():
@@ -60,3 +60,39 @@ def test_prior_fitted_on_toy_params_reproduces_subject_structure():
     real_icc = subject_statistics(params.pose[:, 0], toy.labels)["icc"]
     gen_icc = subject_statistics(gen.pose[:, 0], labels)["icc"]
     assert real_icc > 0.6 and gen_icc > 0.5
+
+
+def test_expressive_style_moves_expression_variance_within_subjects():
+    """EXPRESSIVE_STYLE (the toy-expression preset's data): expression mostly within a subject,
+    mouth opening and brow raise with a wider spread, pose as in the defaults."""
+    default = StyledToyFaces(40, 10, size=32, seed=0, difficulty="easy")
+    wide = StyledToyFaces(40, 10, size=32, seed=0, difficulty="easy", style=EXPRESSIVE_STYLE)
+    td, tw = default.regression_targets(), wide.regression_targets()
+    for k in (2, 3, 4):  # smile, mouth opening, brow raise
+        assert subject_statistics(td[:, k], default.labels)["icc"] > 0.6
+        assert subject_statistics(tw[:, k], wide.labels)["icc"] < 0.45
+    spread = tw[:, 2:].std(0) / td[:, 2:].std(0)
+    assert 0.7 < float(spread[0]) < 1.4  # smile: the same total spread
+    assert bool((spread[1:] > 2.0).all())  # mouth, brow: wider
+    torch.testing.assert_close(tw[:, :2], td[:, :2])  # pose untouched
+
+
+def test_toy_expression_preset_is_the_toy_preset_on_expressive_styles(tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    from facelab.core.errors import UnknownNameError
+    from facelab.morphface.bench import toy_train_config
+    from facelab.morphface.train import morphface_presets
+
+    presets = morphface_presets()
+    assert presets["toy-expression"] == replace(
+        presets["toy"], style=replace(presets["toy"].style, toy=EXPRESSIVE_STYLE)
+    )
+    cfg = toy_train_config(tmp_path, preset="toy-expression")
+    assert cfg.style.toy == EXPRESSIVE_STYLE and cfg.train.output_dir == str(tmp_path)
+    with pytest.raises(UnknownNameError, match="toy-data presets"):
+        toy_train_config(tmp_path, preset="paper")
+    with pytest.raises(UnknownNameError, match="toy-data presets"):
+        toy_train_config(tmp_path, preset="toyy")

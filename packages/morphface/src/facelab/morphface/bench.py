@@ -42,6 +42,12 @@ from facelab.morphface.toy import (
 TOY_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy"
 
 
+#: the toy generator of the ``toy-expression`` preset (training seed 0, float16; remade by
+#: ``uv run python packages/morphface/scripts/make_expression_weights.py``): the expression
+#: part of the claim test
+TOY_EXPRESSION_WEIGHTS = TOY_WEIGHTS.parent / "toy-expression"
+
+
 def shipped_toy_weights() -> Path:
     """The folder of the toy generator this package ships (:data:`TOY_WEIGHTS`)."""
     return TOY_WEIGHTS
@@ -507,15 +513,29 @@ def generator_toy_style(generator: Path) -> ToyStyleConfig:
 
 #: written next to the trained generator; the benchmarks' toy-weights export keeps it
 TOY_INFO_FILE = "toy_weights.json"
-TOY_COMMAND = "facelab morphface train --preset toy"
+TOY_COMMAND = "facelab morphface train --preset {preset}"
 
 
-def toy_train_config(out_dir: Path, *, steps: int | None = None, seed: int = 0, progress=True):
-    """The ``toy`` preset into ``out_dir`` (resumable), seed offset by ``seed``; ``steps``
-    shortens the run (the warm-up then fits in it)."""
+def toy_train_config(
+    out_dir: Path,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    progress=True,
+    preset: str = "toy",
+):
+    """The ``toy`` (or another toy-data) preset into ``out_dir`` (resumable), seed offset by
+    ``seed``; ``steps`` shortens the run (the warm-up then fits in it)."""
+    from facelab.core.errors import UnknownNameError
     from facelab.morphface.train import morphface_presets
 
-    cfg = morphface_presets()["toy"]
+    presets = morphface_presets()
+    if preset not in presets or presets[preset].data.source != "toyfaces":
+        toy = [k for k, v in presets.items() if v.data.source == "toyfaces"]
+        raise UnknownNameError(
+            f"preset: expected one of the toy-data presets {toy}, got {preset!r}"
+        )
+    cfg = presets[preset]
     override: dict[str, Any] = {}
     if steps is not None:
         override = {"max_steps": steps, "warmup": min(cfg.train.warmup, steps // 4)}
@@ -532,19 +552,25 @@ def toy_train_config(out_dir: Path, *, steps: int | None = None, seed: int = 0, 
 
 
 def train_toy_generator(
-    out_dir: Path, *, steps: int | None = None, seed: int = 0, progress: bool = True
+    out_dir: Path,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    preset: str = "toy",
 ) -> Path:
-    """Train the toy preset into ``out_dir``; return its generator folder (the base's
-    ``load_generator`` reads the denoiser; ``load_morphface`` the whole generator) with
-    ``toy_weights.json``: the ID vectors (one random unit vector per toy identity) and the toy
-    data's style settings, from which :func:`write_toy_dataset` refits the style prior."""
+    """Train the toy preset (or ``preset``, another toy-data one) into ``out_dir``; return its
+    generator folder (the base's ``load_generator`` reads the denoiser; ``load_morphface`` the
+    whole generator) with ``toy_weights.json``: the ID vectors (one random unit vector per toy
+    identity) and the toy data's style settings, from which :func:`write_toy_dataset` refits
+    the style prior."""
     from facelab.morphface.train import train
 
-    cfg = toy_train_config(Path(out_dir), steps=steps, seed=seed, progress=progress)
+    cfg = toy_train_config(Path(out_dir), steps=steps, seed=seed, progress=progress, preset=preset)
     res = train(cfg)
     d = cfg.data
     info = {
-        "preset": TOY_COMMAND,
+        "preset": TOY_COMMAND.format(preset=preset),
         "contexts": {
             "kind": d.contexts,
             "count": d.toy_identities,
@@ -686,6 +712,7 @@ def write_toy_dataset(
 
 
 __all__ = [
+    "TOY_EXPRESSION_WEIGHTS",
     "TOY_WEIGHTS",
     "condition_sensitivity",
     "generator_toy_style",

@@ -48,7 +48,7 @@ from facelab.core.diffusion.train import (
 )
 from facelab.core.errors import FormatError, RangeError, ShapeError
 from facelab.core.train import TrainConfig
-from facelab.morphface.toy import ToyStyleConfig
+from facelab.morphface.toy import EXPRESSIVE_STYLE, ToyStyleConfig
 
 GENERATOR_FILE = "morphface.json"
 GENERATOR_FORMAT = "facelab-morphface-generator"
@@ -158,7 +158,9 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
     """``paper``: the base's reference recipe (VQ-f4 latents of 128 px CASIA-WebFace with flips,
     UNet 96 x [1, 2, 2, 2], Adam 1e-4, cosine warm restarts, fp16, EMA) plus the style encoder
     on 64 px renderings of a user 3DMM and per-image DECA-style parameters; ``toy``: 32 px
-    styled toyfaces with the procedural 3DMM in pixel space, minutes-to-an-hour on a CPU."""
+    styled toyfaces with the procedural 3DMM in pixel space, minutes-to-an-hour on a CPU;
+    ``toy-expression``: ``toy`` on styled toyfaces whose expression varies mostly within a
+    subject (``toy.EXPRESSIVE_STYLE``)."""
     paper = MorphFaceConfig(
         data=SynthDataConfig(source="", image_size=128, contexts="file"),
         style=StyleDataConfig(model="", params=""),
@@ -181,7 +183,10 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
         ema=EMAConfig(max_decay=0.999),
         train=replace(_base_train("toy", "runs/morphface-toy"), max_steps=TOY_MORPHFACE_STEPS),
     )
-    return {"paper": paper, "toy": toy}
+    # the toy preset on styled toyfaces whose expression varies mostly within a subject
+    # (toy.EXPRESSIVE_STYLE): the data the expression-control claim is shown on
+    toy_expression = replace(toy, style=replace(toy.style, toy=EXPRESSIVE_STYLE))
+    return {"paper": paper, "toy": toy, "toy-expression": toy_expression}
 
 
 # --------------------------------------------------------------------------------------------
