@@ -160,7 +160,7 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
     on 64 px renderings of a user 3DMM and per-image DECA-style parameters; ``toy``: 32 px
     styled toyfaces with the procedural 3DMM in pixel space, minutes-to-an-hour on a CPU;
     ``toy-expression``: ``toy`` on styled toyfaces whose expression varies mostly within a
-    subject (``toy.EXPRESSIVE_STYLE``)."""
+    subject, mouth opening and brow raise about three times wider (``toy.EXPRESSIVE_STYLE``)."""
     paper = MorphFaceConfig(
         data=SynthDataConfig(source="", image_size=128, contexts="file"),
         style=StyleDataConfig(model="", params=""),
@@ -183,7 +183,7 @@ def morphface_presets() -> dict[str, MorphFaceConfig]:
         ema=EMAConfig(max_decay=0.999),
         train=replace(_base_train("toy", "runs/morphface-toy"), max_steps=TOY_MORPHFACE_STEPS),
     )
-    # the toy preset on styled toyfaces whose expression varies mostly within a subject
+    # the toy preset on styled toyfaces with a wider, mostly within-subject expression
     # (toy.EXPRESSIVE_STYLE): the data the expression-control claim is shown on
     toy_expression = replace(toy, style=replace(toy.style, toy=EXPRESSIVE_STYLE))
     return {"paper": paper, "toy": toy, "toy-expression": toy_expression}
