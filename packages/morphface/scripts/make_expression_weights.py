@@ -2,17 +2,17 @@
 (``facelab/morphface/weights/toy-expression``, float16; the expression part of the claim test).
 
     OMP_NUM_THREADS=1 uv run python packages/morphface/scripts/make_expression_weights.py \
-        [--workdir runs/toy-weights/morphface-expression] [--seed 0] [--threads 1]
+        [--workdir runs/toy-weights/toy-expression] [--seed 0] [--threads 1]
 
 The run is resumable (a stopped run continues from its last checkpoint; a finished one is only
-exported again). About 2,600 CPU-s on one thread. Needs the repository's environment (the
-export is the benchmarks' ``export_fp16``, the same as ``scripts/make_toy_weights.py``).
+exported again). About 2,600 CPU-s on one thread. Needs the repository's environment: it is
+the benchmarks' ``make_toy_weights`` (as in ``scripts/make_toy_weights.py``) with the
+``toy-expression`` preset.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -21,7 +21,7 @@ PRESET = "toy-expression"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", default=str(ROOT / "runs" / "toy-weights" / "morphface-expression"))
+    p.add_argument("--workdir", default=str(ROOT / "runs" / "toy-weights" / PRESET))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="export folder (default: the package's)")
@@ -30,23 +30,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from facelab.benchmarks.generators import export_fp16
-    from facelab.morphface.bench import TOY_EXPRESSION_WEIGHTS, train_toy_generator
+    from facelab.benchmarks.generators import make_toy_weights
+    from facelab.morphface.bench import TOY_EXPRESSION_WEIGHTS
 
     torch.set_num_threads(args.threads)
-    t0, c0 = time.perf_counter(), time.process_time()
-    generator = train_toy_generator(
-        Path(args.workdir), seed=args.seed, progress=not args.no_progress, preset=PRESET
+    dest = Path(args.out) if args.out else TOY_EXPRESSION_WEIGHTS
+    dest = make_toy_weights(
+        "morphface",
+        dest.parent,
+        Path(args.workdir),
+        seed=args.seed,
+        progress=not args.no_progress,
+        command="uv run python packages/morphface/scripts/make_expression_weights.py",
+        dest=dest,
+        label=f"MorphFace ({PRESET})",
+        train_options={"preset": PRESET},
     )
-    info = {
-        "generator": "morphface",
-        "label": "MorphFace (toy-expression)",
-        "seed": args.seed,
-        "train_wall_s": round(time.perf_counter() - t0, 1),
-        "train_cpu_s_this_process": round(time.process_time() - c0, 1),
-        "command": "uv run python packages/morphface/scripts/make_expression_weights.py",
-    }
-    dest = export_fp16(generator, Path(args.out) if args.out else TOY_EXPRESSION_WEIGHTS, info)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20
     print(f"exported to {dest} ({size:.1f} MiB)", flush=True)
     return 0

@@ -416,9 +416,13 @@ def make_toy_weights(
     progress: bool = True,
     command: str = "",
     dest: Path | None = None,
+    label: str | None = None,
+    train_options: dict[str, Any] | None = None,
 ) -> Path:
     """Train generator ``name``'s toy preset in ``workdir`` (resumable) and export its float16
-    weights to ``dest`` (default ``root/name``)."""
+    weights to ``dest`` (default ``root/name``). ``train_options`` go to the generator's
+    trainer as keywords (MorphFace: ``preset``); ``label`` replaces the generator's label in
+    the exported description."""
     spec = get_generator(name)
     if not spec.is_installed():
         raise MissingWeightsError(f"{name}: package {spec.module} is not installed")
@@ -429,10 +433,12 @@ def make_toy_weights(
             "adapter for it"
         )
     t0, c0 = time.perf_counter(), time.process_time()
-    generator = train(Path(workdir) / name, steps=steps, seed=seed, progress=progress)
+    generator = train(
+        Path(workdir) / name, steps=steps, seed=seed, progress=progress, **(train_options or {})
+    )
     info = {
         "generator": name,
-        "label": spec.label,
+        "label": label or spec.label,
         "seed": seed,
         "train_wall_s": round(time.perf_counter() - t0, 1),
         "train_cpu_s_this_process": round(time.process_time() - c0, 1),
